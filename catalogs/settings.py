@@ -1,0 +1,63 @@
+"""The one typed configuration of resync.
+
+Every knob lives here. Values come, in increasing priority, from the embedded defaults, from
+``RESYNC_*`` environment variables (standard ``AWS_*`` variables for S3 credentials), and from CLI
+flags (the CLI builds a ``Settings`` with the flag values as keyword overrides).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the CLI, the flows and the tests."""
+
+    model_config = SettingsConfigDict(env_prefix="RESYNC_", extra="ignore", populate_by_name=True)
+
+    # --- storage -------------------------------------------------------------------------
+    root: str = Field("./resync-data", description="Storage root: a local path or s3://bucket/prefix.")
+    allowed_roots: list[str] = Field(
+        default_factory=lambda: ["."],
+        description="Roots that catalog URIs may point into (local paths or s3:// prefixes). "
+        "The storage root is always allowed.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RESYNC_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint, e.g. http://127.0.0.1:9000 for a local server; None for AWS.",
+    )
+    s3_region: str = Field("us-east-1", validation_alias=AliasChoices("RESYNC_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
+
+    # --- manifests -----------------------------------------------------------------------
+    commit_retries: int = Field(20, description="Retries of a Delta commit that lost a race with another writer.")
+    checkpoint_interval: int = Field(50, description="Delta commits between checkpoints, so reading the log stays O(1).")
+
+    # --- planning ------------------------------------------------------------------------
+    shard_size: int = Field(16, ge=1, description="Items per shard (a shard is one Prefect task and one Delta commit).")
+    render_config: str = Field("cpu", description="Generator configuration name; part of every input_key.")
+    max_audio_seconds: float = Field(3600.0, description="Translated audio longer than this is rejected (audio_too_long).")
+
+    # --- orchestration -------------------------------------------------------------------
+    ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")
+    prefect_api_url: str | None = Field(None, description="Prefect API URL; None uses Prefect's ephemeral API.")
+
+    # --- models (local paths only: nothing is downloaded at run time) --------------------
+    model_dir: str | None = Field(None, description="Base model directory (safetensors + config.json).")
+    asr_model_dir: str | None = Field(None, description="Local Whisper (CTranslate2) model directory for ASR and audio features.")
+    align_model_dir: str | None = Field(None, description="Local wav2vec2 CTC directory for word alignment.")
+    perceptual_weights: str | None = Field(None, description="Local VGG/LPIPS weights (safetensors) for the perceptual loss.")
+
+    def all_allowed_roots(self) -> list[str]:
+        """The configured roots plus the storage root, each normalised."""
+        roots = [*self.allowed_roots, self.root]
+        return [r if "://" in r else str(Path(r).expanduser().resolve()) for r in roots]
+
+    def __repr__(self) -> str:  # SecretStr already masks; keep reprs short in logs
+        return f"Settings(root={self.root!r}, s3_endpoint_url={self.s3_endpoint_url!r})"

@@ -1,0 +1,154 @@
+"""The ``resync`` command line.
+
+Exit codes scripts can rely on: 0 done; 1 a fatal error (storage unreachable, bad listing file);
+2 bad usage; 3 done, but some rows were rejected (``catalog ingest --strict`` only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from catalogs.delta import DeltaTables
+from catalogs.errors import ResyncError
+from catalogs.ingest import CatalogIngest, open_rejects
+from catalogs.manifest import DubManifest
+from catalogs.plan import make_shards, plan_items
+from catalogs.schemas import REQUESTS_TABLE, VIDEOS_TABLE
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+
+app = typer.Typer(help="resync: batch lip-sync dubbing for video catalogs.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+catalog_app = typer.Typer(help="Catalog ingestion, inspection and shard planning.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+console = Console(stderr=True)
+out = Console()
+
+RootOpt = typer.Option(None, "--root", help="Storage root: a local path or s3://bucket/prefix. Env: RESYNC_ROOT. Default ./resync-data.")
+AllowOpt = typer.Option(None, "--allow-root", help="A root that catalog URIs may point into (repeatable). Env: RESYNC_ALLOWED_ROOTS as a JSON list. Default: the current directory.")
+EndpointOpt = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint URL, e.g. http://127.0.0.1:9000. Env: RESYNC_S3_ENDPOINT_URL or AWS_ENDPOINT_URL. Credentials come only from AWS_* variables.")
+
+
+def make_settings(root: str | None = None, allow_root: list[str] | None = None, s3_endpoint_url: str | None = None,
+                  **extra) -> Settings:
+    """Settings from the environment, with CLI flags (when given) taking precedence."""
+    overrides = {k: v for k, v in {"root": root, "allowed_roots": allow_root or None,
+                                   "s3_endpoint_url": s3_endpoint_url, **extra}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def fail(msg: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+@catalog_app.command("ingest")
+def catalog_ingest(
+    videos: Optional[str] = typer.Option(None, "--videos", help="Listing of videos (.csv, .parquet, .jsonl): video_id, uri, speaker_id[, title]."),
+    requests: Optional[str] = typer.Option(None, "--requests", help="Listing of dub requests: video_id, language, audio_uri[, script]."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 3 when any row was rejected."),
+    root: Optional[str] = RootOpt, allow_root: Optional[list[str]] = AllowOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Probe the listed media and upsert it into the catalog tables; bad rows are reported, good rows land."""
+    if not videos and not requests:
+        fail("give --videos and/or --requests", 2)
+    storage = Storage(make_settings(root, allow_root, s3_endpoint_url))
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("ingesting", total=None)
+            report = CatalogIngest(storage, progress=lambda m: bar.update(task, description=f"probing {m}")).run(videos, requests)
+    except ResyncError as e:
+        fail(f"{e} [{e.error_class}]")
+    t = Table(title=f"ingest into {storage.root}")
+    for col in ("table", "added", "updated", "unchanged", "new version"):
+        t.add_column(col)
+    for name in (VIDEOS_TABLE, REQUESTS_TABLE):
+        if name in report.added:
+            t.add_row(name, str(report.added[name]), str(report.updated[name]), str(report.unchanged[name]),
+                      str(report.versions.get(name) if report.versions.get(name) is not None else "-"))
+    out.print(t)
+    _print_rejects([{"listing": r.listing, "row_number": r.row_number, "item": r.item, "error_class": str(r.error_class),
+                     "reason": r.reason} for r in report.rejects], "rejected rows")
+    if strict and report.rejects:
+        raise typer.Exit(3)
+
+
+def _print_rejects(rows: list[dict], title: str) -> None:
+    if not rows:
+        return
+    t = Table(title=f"{title} ({len(rows)})")
+    for col in ("listing", "row", "item", "error class", "reason"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["listing"], str(r["row_number"]), str(r["item"]), r["error_class"], r["reason"])
+    out.print(t)
+
+
+@catalog_app.command("show")
+def catalog_show(root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+                 as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")) -> None:
+    """Counts of videos and requests (by language), dub status counts, and the rejected rows not yet fixed."""
+    tables = DeltaTables(Storage(make_settings(root, None, s3_endpoint_url)))
+    videos = tables.read(VIDEOS_TABLE, columns=["video_id"]).num_rows
+    req = tables.read(REQUESTS_TABLE, columns=["language"]).to_pandas()
+    by_lang = req["language"].value_counts().sort_index().to_dict()
+    latest = DubManifest(tables).latest(columns=["status"])
+    status = latest["status"].value_counts().to_dict() if not latest.empty else {}
+    rejects = open_rejects(tables)
+    if as_json:
+        out.print_json(json.dumps({"videos": videos, "requests": int(len(req)), "requests_by_language": by_lang,
+                                   "dub_status": status, "rejects": rejects}, default=str))
+        return
+    t = Table(title=f"catalog at {tables.storage.root}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    t.add_row("videos", str(videos))
+    t.add_row("requests", str(len(req)))
+    for lang, n in by_lang.items():
+        t.add_row(f"  language {lang}", str(n))
+    for s, n in sorted(status.items()):
+        t.add_row(f"dubs {s} (latest)", str(n))
+    out.print(t)
+    _print_rejects(rejects, "bad rows")
+
+
+@catalog_app.command("plan")
+def catalog_plan(
+    languages: Optional[str] = typer.Option(None, "--languages", help="Comma-separated language tags to plan (default: all)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Items per shard. Env: RESYNC_SHARD_SIZE. Default 16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the shards as JSON."),
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Deterministic shards of the (video, language) items whose input_key has no success yet. Reads no media."""
+    settings = make_settings(root, None, s3_endpoint_url, **({"shard_size": shard_size} if shard_size else {}))
+    langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
+    items = plan_items(DeltaTables(Storage(settings)), settings.render_config, langs)
+    shards = make_shards(items, settings.shard_size)
+    if as_json:
+        out.print_json(json.dumps([{"shard_id": s.shard_id, "items": [i.__dict__ for i in s.items]} for s in shards]))
+        return
+    t = Table(title=f"{len(items)} pending items in {len(shards)} shards")
+    for col in ("shard", "items", "first", "last"):
+        t.add_column(col)
+    for s in shards:
+        t.add_row(s.shard_id, str(len(s.items)), f"{s.items[0].video_id}/{s.items[0].language}",
+                  f"{s.items[-1].video_id}/{s.items[-1].language}")
+    out.print(t)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
