@@ -77,20 +77,32 @@ class DeltaTables:
             if done is not None and done >= txn[1]:
                 return None
         if not evolve_schema:
-            rows = rows.select(TABLES[name].names).cast(TABLES[name])
+            rows = self._conform(name, rows)
         props = CommitProperties(
             custom_metadata=dict(metadata),
             max_commit_retries=self.settings.commit_retries,
             app_transactions=[Transaction(app_id=txn[0], version=txn[1], last_updated=int(time.time() * 1000))] if txn else None,
         )
+        dt = self.open(name)
         write_deltalake(
-            self.uri(name), rows, mode="append",
+            dt, rows, mode="append",
             schema_mode="merge" if evolve_schema else None,
             storage_options=self._opts(name),
             commit_properties=props,
             post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
         )
-        return self.open(name).version()
+        # The handle we wrote through now stands at our commit's version, even when other
+        # writers committed before or after us (reading history for it races with them).
+        return dt.version()
+
+    def _conform(self, name: str, rows: pa.Table) -> pa.Table:
+        """Rows in our schema, plus null columns for any a newer writer added (schema evolution)."""
+        rows = rows.select(TABLES[name].names).cast(TABLES[name])
+        current = pa.schema(self.open(name).schema().to_arrow())
+        for f in current:
+            if f.name not in rows.column_names:
+                rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
+        return rows.select(current.names)
 
     def commit_properties(self, metadata: dict[str, str]) -> CommitProperties:
         return CommitProperties(custom_metadata=dict(metadata), max_commit_retries=self.settings.commit_retries)

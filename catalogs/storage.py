@@ -17,6 +17,7 @@ from typing import IO, Iterator
 from urllib.parse import urlparse
 
 import fsspec
+from botocore.exceptions import BotoCoreError
 from fsspec.implementations.local import LocalFileSystem
 
 from catalogs.errors import ErrorClass, ResyncError
@@ -173,7 +174,7 @@ class Storage:
             return op(fs, path)
         except FileNotFoundError:
             raise
-        except (PermissionError, OSError, RuntimeError) as e:  # botocore/aiohttp failures surface as OSError
+        except (PermissionError, OSError, RuntimeError, BotoCoreError) as e:
             raise ResyncError(ErrorClass.STORAGE_ERROR, f"{type(e).__name__}: {e}", item=uri) from e
 
 

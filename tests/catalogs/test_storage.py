@@ -1,0 +1,68 @@
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+
+
+def test_write_read_and_hash_on_both_backends(settings):
+    st = Storage(settings)
+    uri = st.uri("artifacts", "x.bin")
+    st.write_bytes(uri, b"hello" * 1000)
+    assert st.exists(uri) and st.size(uri) == 5000
+    assert st.read_bytes(uri) == b"hello" * 1000
+    import hashlib
+    assert st.sha256(uri) == hashlib.sha256(b"hello" * 1000).hexdigest()
+    st.write_bytes(uri, b"new")
+    assert st.read_bytes(uri) == b"new"
+
+
+def test_local_write_is_atomic_when_the_writer_fails(tmp_path: Path):
+    st = Storage(Settings(root=str(tmp_path)))
+    uri = st.uri("out.mp4")
+    st.write_bytes(uri, b"complete old version")
+
+    def failing(f):
+        f.write(b"half of the new vers")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        st._atomic_local(uri, failing)
+    assert Path(uri).read_bytes() == b"complete old version"
+    assert os.listdir(tmp_path) == ["out.mp4"]  # no temporary left behind
+
+
+def test_put_file_publishes_whole_file(settings, tmp_path: Path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    st = Storage(settings)
+    uri = st.uri("outputs", "fr", "v", "k.mp4")
+    st.put_file(src, uri)
+    assert st.read_bytes(uri) == src.read_bytes()
+
+
+def test_delta_options_from_settings_and_secrets_stay_secret(caplog):
+    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="AKIDEXAMPLE",
+                 aws_secret_access_key="very-secret-value")
+    opts = Storage(s).delta_options()
+    assert opts["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and opts["AWS_ALLOW_HTTP"] == "true"
+    assert opts["conditional_put"] == "etag" and opts["AWS_SECRET_ACCESS_KEY"] == "very-secret-value"
+    assert Storage(Settings(root="/tmp/x")).delta_options() is None
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("t").info("settings %s %r %s", s, s, s.model_dump())
+    assert "very-secret-value" not in caplog.text
+
+
+def test_unreachable_endpoint_is_a_storage_error():
+    from catalogs.delta import DeltaTables  # noqa: F401  (import check: catalogs never needs torch)
+    import sys
+    assert "torch" not in sys.modules
+    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b")
+    st = Storage(s)
+    with pytest.raises(ResyncError) as e:
+        st.read_bytes("s3://b/p/x")
+    assert e.value.error_class == ErrorClass.STORAGE_ERROR and "s3://b/p/x" in str(e.value)
