@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalogs.delta import DeltaTables
@@ -46,16 +47,18 @@ class Shard:
 def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | None = None) -> list[PlannedItem]:
     """Pending items, sorted by (video_id, language)."""
     videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"]).to_pandas()
-    req_filter = [("language", "in", list(languages))] if languages else None
-    requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256"],
-                           filters=req_filter).to_pandas()
+    requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256"])
+    if languages:
+        requests = requests.filter(pc.is_in(requests["language"], pa.array(list(languages), pa.string())))
+    requests = requests.to_pandas()
     if requests.empty or videos.empty:
         return []
     df = requests.merge(videos, on="video_id", how="inner")
     base, speakers = ModelRegistry(tables).versions_by_speaker()
     df["base_model_version"] = base
-    df["speaker_model_version"] = df["speaker_id"].map(speakers)
-    model_version = df["base_model_version"] + "+" + df["speaker_model_version"].fillna("-")
+    speaker_versions = [speakers.get(sp) for sp in df["speaker_id"]]
+    df["speaker_model_version"] = speaker_versions
+    model_version = [f"{base}+{sv or '-'}" for sv in speaker_versions]
     df["input_key"] = [input_key(v, a, m, render_config)
                        for v, a, m in zip(df["sha256"], df["audio_sha256"], model_version)]
 

@@ -1,0 +1,69 @@
+"""The ``resync`` CLI: catalog commands, their exit codes and their help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.catalogs.test_ingest import write_csv
+
+runner = CliRunner()
+
+
+def test_help_for_every_command():
+    for args in ([], ["catalog"], ["catalog", "ingest"], ["catalog", "show"], ["catalog", "plan"]):
+        r = runner.invoke(app, [*args, "--help"])
+        assert r.exit_code == 0, r.output
+        assert "Usage" in r.output
+    # the installed entry point works too
+    out = subprocess.run([str(Path(sys.executable).parent / "resync"), "catalog", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "ingest" in out.stdout
+
+
+def test_ingest_show_plan(tmp_path: Path, shared_data: Path):
+    root = str(tmp_path / "root")
+    videos = write_csv(tmp_path / "v.csv", ["video_id", "uri", "speaker_id"], [
+        ["map", str(shared_data / "videos" / "speaker_map_5s.mp4"), "man"],
+        ["ghost", str(tmp_path / "nothing.mp4"), "man"],
+    ])
+    requests = write_csv(tmp_path / "r.csv", ["video_id", "language", "audio_uri"], [
+        ["map", "fr", str(shared_data / "audio" / "french1.wav")],
+        ["map", "de", str(shared_data / "audio" / "german1.wav")],
+    ])
+    allow = ["--allow-root", str(shared_data), "--allow-root", str(tmp_path)]
+    r = runner.invoke(app, ["catalog", "ingest", "--root", root, "--videos", videos, "--requests", requests, *allow])
+    assert r.exit_code == 0, r.output
+    assert "missing_file" in r.output and "ghost" in r.output
+    r = runner.invoke(app, ["catalog", "ingest", "--root", root, "--videos", videos, *allow, "--strict"])
+    assert r.exit_code == 3
+
+    r = runner.invoke(app, ["catalog", "show", "--root", root, "--json"])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.output)
+    assert shown["videos"] == 1 and shown["requests_by_language"] == {"de": 1, "fr": 1}
+    assert [x["item"] for x in shown["rejects"]] == ["ghost"]
+    r = runner.invoke(app, ["catalog", "show", "--root", root])
+    assert r.exit_code == 0 and "bad rows" in r.output
+
+    r = runner.invoke(app, ["catalog", "plan", "--root", root, "--json", "--shard-size", "1"])
+    assert r.exit_code == 0, r.output
+    shards = json.loads(r.output)
+    assert [[i["language"] for i in s["items"]] for s in shards] == [["de"], ["fr"]]
+    r = runner.invoke(app, ["catalog", "plan", "--root", root, "--languages", "fr"])
+    assert r.exit_code == 0 and "1 pending items in 1 shards" in r.output
+
+
+@pytest.mark.parametrize("args,code", [
+    (["catalog", "ingest", "--root", "/tmp/x"], 2),                      # nothing to ingest
+    (["catalog", "ingest", "--root", "/tmp/x", "--videos", "/nope/v.csv"], 1),  # listing missing
+    (["catalog", "plan", "--shard-size", "0"], 2),
+])
+def test_exit_codes(args, code, tmp_path):
+    r = runner.invoke(app, args)
+    assert r.exit_code == code, r.output
