@@ -115,20 +115,29 @@ def bench_size(settings: Settings, n: int, manifest_commits: int) -> dict:
             "manifest_mb": tree_bytes(storage, tables.uri(DUBS_TABLE)) / 1e6}
 
 
-def bench_history(settings: Settings, depths: list[int]) -> list[tuple[int, float]]:
-    """Median shard-commit time when the manifest already has ``depth`` commits."""
-    m = DubManifest(DeltaTables(Storage(settings)))
+def bench_history(settings: Settings, depths: list[int], compact_every: int) -> list[tuple[int, float, float]]:
+    """Median shard-commit time when the manifest already has ``depth`` commits: as written, and with
+    compaction every ``compact_every`` commits (what the end of each nightly run does)."""
+    plain = DubManifest(DeltaTables(Storage(settings.model_copy(update={"root": settings.root + "-plain"}))))
+    kept = DubManifest(DeltaTables(Storage(settings.model_copy(update={"root": settings.root + "-compacted"}))))
     out, done = [], 0
-    for depth in depths:
-        while done < depth:
-            m.commit_shard("run-h", f"h{done}", shard_rows("run-h", f"h{done}", 4))
-            done += 1
+
+    def probe(m: DubManifest, depth: int) -> float:
         times = []
         for i in range(5):
-            t, _ = timed(lambda: m.commit_shard("run-h", f"probe{depth}-{i}", shard_rows("run-h", f"probe{depth}-{i}")))
+            sid = f"probe{depth}-{i}"
+            t, _ = timed(lambda: m.commit_shard("run-h", sid, shard_rows("run-h", sid)))
             times.append(t)
+        return statistics.median(times)
+
+    for depth in depths:
+        while done < depth:
+            for m in (plain, kept):
+                m.commit_shard("run-h", f"h{done}", shard_rows("run-h", f"h{done}", 4))
             done += 1
-        out.append((depth, statistics.median(times)))
+            if done % compact_every == 0:
+                kept.tables.maintain(DUBS_TABLE)
+        out.append((depth, probe(plain, depth), probe(kept, depth)))
     return out
 
 
@@ -136,7 +145,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated request counts")
     ap.add_argument("--manifest-commits", type=int, default=100, help="commits the pre-existing manifest is written in")
-    ap.add_argument("--history", default="10,100,500", help="history depths for the commit-cost table")
+    ap.add_argument("--history", default="10,100,500,1000", help="history depths for the commit-cost table")
+    ap.add_argument("--compact-every", type=int, default=100, help="commits between compactions in the history table")
     ap.add_argument("--s3", action="store_true", help="run against a local S3 endpoint (moto server on 127.0.0.1)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic tables")
     args = ap.parse_args()
@@ -174,9 +184,10 @@ def main() -> None:
         h = Table(title="shard commit (16 rows) vs manifest history (checkpoint every "
                         f"{Settings().checkpoint_interval} commits)")
         h.add_column("commits already in the log", justify="right")
-        h.add_column("median commit s", justify="right")
-        for depth, sec in bench_history(settings_for("history"), depths):
-            h.add_row(str(depth), f"{sec:.3f}")
+        h.add_column("median commit s, never compacted", justify="right")
+        h.add_column(f"median commit s, compacted every {args.compact_every}", justify="right")
+        for depth, plain, kept in bench_history(settings_for("history"), depths, args.compact_every):
+            h.add_row(str(depth), f"{plain:.3f}", f"{kept:.3f}")
         console.print(h)
     finally:
         if server:

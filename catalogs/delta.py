@@ -37,8 +37,11 @@ class DeltaTables:
 
     def open(self, name: str, version: int | None = None) -> DeltaTable:
         """The table at its latest (or a given) version; created empty if it does not exist yet."""
-        self.ensure(name)
-        return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
+        except TableNotFoundError:
+            self.ensure(name)
+            return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
 
     def ensure(self, name: str) -> None:
         """Create the table with its schema unless it exists; safe when several processes race."""
@@ -71,19 +74,18 @@ class DeltaTables:
         ``txn`` = (app_id, version) makes the commit idempotent: a Delta app transaction records
         it, and a retry of the same (app_id, version) commits nothing.
         """
-        self.ensure(name)
+        dt = self.open(name)  # one snapshot serves the txn check, the schema and the write
         if txn is not None:
-            done = self.open(name).transaction_version(txn[0])
+            done = dt.transaction_version(txn[0])
             if done is not None and done >= txn[1]:
                 return None
         if not evolve_schema:
-            rows = self._conform(name, rows)
+            rows = self._conform(name, rows, dt)
         props = CommitProperties(
             custom_metadata=dict(metadata),
             max_commit_retries=self.settings.commit_retries,
             app_transactions=[Transaction(app_id=txn[0], version=txn[1], last_updated=int(time.time() * 1000))] if txn else None,
         )
-        dt = self.open(name)
         write_deltalake(
             dt, rows, mode="append",
             schema_mode="merge" if evolve_schema else None,
@@ -95,10 +97,11 @@ class DeltaTables:
         # writers committed before or after us (reading history for it races with them).
         return dt.version()
 
-    def _conform(self, name: str, rows: pa.Table) -> pa.Table:
+    @staticmethod
+    def _conform(name: str, rows: pa.Table, dt: DeltaTable) -> pa.Table:
         """Rows in our schema, plus null columns for any a newer writer added (schema evolution)."""
         rows = rows.select(TABLES[name].names).cast(TABLES[name])
-        current = pa.schema(self.open(name).schema().to_arrow())
+        current = pa.schema(dt.schema().to_arrow())
         for f in current:
             if f.name not in rows.column_names:
                 rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))

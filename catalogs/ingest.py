@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +37,7 @@ COMPARED = {  # columns that decide whether a re-ingested row changed
 }
 
 Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,20 +92,19 @@ class CatalogIngest:
         existing = {r["video_id"]: r for r in self.tables.read(VIDEOS_TABLE).to_pylist()}
         base = self._base_dir(listing)
         seen: set[str] = set()
-        out = []
+        todo: list[tuple[ListingRow, str, Callable[[], dict]]] = []
         for row in read_listing(self.storage, listing):
             item = row.values.get("video_id")
-            self.progress(f"video {item}")
             try:
                 self._require(row, VIDEO_COLUMNS)
                 if item in seen:
                     raise ResyncError(ErrorClass.DUPLICATE_ID, f"video_id {item!r} appears earlier in the listing")
                 seen.add(item)
                 uri = self.policy.resolve(row.values["uri"], base)
-                out.append(self._video_record(row, uri, existing.get(item)))
+                todo.append((row, item, partial(self._video_record, row, uri, existing.get(item))))
             except ResyncError as e:
                 report.rejects.append(self._reject("videos", row, item, e, listing))
-        return out
+        return self._probe_all("video", todo, "videos", listing, report)
 
     def _video_record(self, row: ListingRow, uri: str, old: dict | None) -> dict:
         size, mtime = self._stat(uri)
@@ -127,11 +130,10 @@ class CatalogIngest:
         existing = {(r["video_id"], r["language"]): r for r in self.tables.read(REQUESTS_TABLE).to_pylist()}
         base = self._base_dir(listing)
         seen: set[tuple[str, str]] = set()
-        out = []
+        todo: list[tuple[ListingRow, str, Callable[[], dict]]] = []
         for row in read_listing(self.storage, listing):
             v = row.values
             item = f"{v.get('video_id')}/{v.get('language')}"
-            self.progress(f"request {item}")
             try:
                 self._require(row, REQUEST_COLUMNS)
                 if not LANGUAGE_TAG.match(v["language"]):
@@ -143,10 +145,29 @@ class CatalogIngest:
                 if v["video_id"] not in videos:
                     raise ResyncError(ErrorClass.UNKNOWN_VIDEO, f"video_id {v['video_id']!r} is not in the catalog")
                 uri = self.policy.resolve(v["audio_uri"], base)
-                out.append(self._request_record(row, uri, existing.get(key)))
+                todo.append((row, item, partial(self._request_record, row, uri, existing.get(key))))
             except ResyncError as e:
                 report.rejects.append(self._reject("requests", row, item, e, listing))
-        return out
+        return self._probe_all("request", todo, "requests", listing, report)
+
+    def _probe_all(self, what: str, todo: list[tuple[ListingRow, str, Callable[[], dict]]], kind: str,
+                   listing: str, report: IngestReport) -> list[dict]:
+        """Probe rows on a few threads (I/O- and FFmpeg-bound, which release the GIL), in listing order."""
+        def run(job: tuple[ListingRow, str, Callable[[], dict]]) -> dict | Reject:
+            row, item, probe = job
+            self.progress(f"{what} {item}")
+            try:
+                return probe()
+            except ResyncError as e:
+                return self._reject(kind, row, item, e, listing)
+            except Exception as e:  # a bug or an unforeseen file: one bad row, never a failed ingest
+                log.exception("probing %s %s failed", what, item)
+                return self._reject(kind, row, item, ResyncError(ErrorClass.INTERNAL, f"{type(e).__name__}: {e}"), listing)
+
+        with ThreadPoolExecutor(max_workers=self.settings.probe_workers) as pool:
+            results = list(pool.map(run, todo))
+        report.rejects.extend(r for r in results if isinstance(r, Reject))
+        return [r for r in results if not isinstance(r, Reject)]
 
     def _request_record(self, row: ListingRow, uri: str, old: dict | None) -> dict:
         size, mtime = self._stat(uri)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,33 +44,30 @@ class Shard:
 
 
 def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | None = None) -> list[PlannedItem]:
-    """Pending items, sorted by (video_id, language)."""
-    videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"]).to_pandas()
+    """Pending items, sorted by (video_id, language). Columnar reads, then one pass in Python."""
+    videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"])
     requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256"])
     if languages:
         requests = requests.filter(pc.is_in(requests["language"], pa.array(list(languages), pa.string())))
-    requests = requests.to_pandas()
-    if requests.empty or videos.empty:
+    if requests.num_rows == 0 or videos.num_rows == 0:
         return []
-    df = requests.merge(videos, on="video_id", how="inner")
-    base, speakers = ModelRegistry(tables).versions_by_speaker()
-    df["base_model_version"] = base
-    speaker_versions = [speakers.get(sp) for sp in df["speaker_id"]]
-    df["speaker_model_version"] = speaker_versions
-    model_version = [f"{base}+{sv or '-'}" for sv in speaker_versions]
-    df["input_key"] = [input_key(v, a, m, render_config)
-                       for v, a, m in zip(df["sha256"], df["audio_sha256"], model_version)]
+    joined = requests.join(videos, "video_id", join_type="inner").sort_by([("video_id", "ascending"), ("language", "ascending")])
+    cols = {c: joined[c].to_pylist() for c in ("video_id", "language", "audio_uri", "audio_sha256", "uri", "speaker_id", "sha256")}
 
+    base, speakers = ModelRegistry(tables).versions_by_speaker()
     dubs = tables.read(DUBS_TABLE, columns=["input_key", "status"])
-    done = pc.unique(dubs.filter(pc.equal(dubs["status"], "succeeded"))["input_key"])
-    df = df[~df["input_key"].isin(done.to_pylist())]
-    tried = dubs["input_key"].to_pandas().value_counts()
-    df["attempt"] = df["input_key"].map(tried).fillna(0).astype(int) + 1
-    df = df.sort_values(["video_id", "language"], kind="stable")
-    return [PlannedItem(r.video_id, r.language, r.input_key, int(r.attempt),
-                        None if pd.isna(r.speaker_id) else r.speaker_id, r.uri, r.audio_uri,
-                        r.base_model_version, None if pd.isna(r.speaker_model_version) else r.speaker_model_version)
-            for r in df.itertuples(index=False)]
+    done = set(pc.unique(dubs.filter(pc.equal(dubs["status"], "succeeded"))["input_key"]).to_pylist())
+    counts = pc.value_counts(dubs["input_key"])
+    tried = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+
+    items = []
+    for vid, lang, audio_uri, audio_sha, uri, speaker, video_sha in zip(*cols.values()):
+        speaker_version = speakers.get(speaker)
+        key = input_key(video_sha, audio_sha, f"{base}+{speaker_version or '-'}", render_config)
+        if key in done:
+            continue
+        items.append(PlannedItem(vid, lang, key, tried.get(key, 0) + 1, speaker, uri, audio_uri, base, speaker_version))
+    return items
 
 
 def make_shards(items: list[PlannedItem], shard_size: int) -> list[Shard]:

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # --- planning ------------------------------------------------------------------------
     shard_size: int = Field(16, ge=1, description="Items per shard (a shard is one Prefect task and one Delta commit).")
     render_config: str = Field("cpu", description="Generator configuration name; part of every input_key.")
+    probe_workers: int = Field(4, ge=1, description="Threads probing media during ingest (I/O-bound on S3).")
     max_audio_seconds: float = Field(3600.0, description="Translated audio longer than this is rejected (audio_too_long).")
 
     # --- orchestration -------------------------------------------------------------------

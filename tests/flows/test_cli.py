@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 def test_help_for_every_command():
-    for args in ([], ["catalog"], ["catalog", "ingest"], ["catalog", "show"], ["catalog", "plan"]):
+    for args in ([], ["catalog"], ["catalog", "ingest"], ["catalog", "show"], ["catalog", "plan"], ["catalog", "maintain"]):
         r = runner.invoke(app, [*args, "--help"])
         assert r.exit_code == 0, r.output
         assert "Usage" in r.output
@@ -57,6 +57,11 @@ def test_ingest_show_plan(tmp_path: Path, shared_data: Path):
     assert [[i["language"] for i in s["items"]] for s in shards] == [["de"], ["fr"]]
     r = runner.invoke(app, ["catalog", "plan", "--root", root, "--languages", "fr"])
     assert r.exit_code == 0 and "1 pending items in 1 shards" in r.output
+
+    r = runner.invoke(app, ["catalog", "maintain", "--root", root])
+    assert r.exit_code == 0 and "manifests/dubs" in r.output, r.output
+    r = runner.invoke(app, ["catalog", "show", "--root", root, "--json"])
+    assert json.loads(r.output)["videos"] == 1  # same content after compaction
 
 
 @pytest.mark.parametrize("args,code", [
