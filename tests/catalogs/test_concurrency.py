@@ -1,4 +1,5 @@
-"""Several processes commit shards to one manifest on the S3 endpoint at once: nothing lost or doubled."""
+"""Several processes commit shards to one manifest at once, on local disk and on the S3 endpoint:
+nothing lost or doubled, every commit its own version."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ def writer(settings: Settings, w: int, out) -> None:
     out.put((w, versions))
 
 
-def test_four_processes_commit_on_s3(s3_settings: Settings):
-    tables = DeltaTables(Storage(s3_settings))
+def test_four_processes_commit_at_once(settings: Settings):
+    tables = DeltaTables(Storage(settings))
     tables.ensure(DUBS_TABLE)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=writer, args=(s3_settings, w, q)) for w in range(WRITERS)]
+    procs = [ctx.Process(target=writer, args=(settings, w, q)) for w in range(WRITERS)]
     for p in procs:
         p.start()
     results = dict(q.get(timeout=300) for _ in procs)
