@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     probe_workers: int = Field(4, ge=1, description="Threads probing media during ingest (I/O-bound on S3).")
     max_audio_seconds: float = Field(3600.0, description="Translated audio longer than this is rejected (audio_too_long).")
 
+    # --- tracking (tasks/track.py) -------------------------------------------------------
+    max_faces: int = Field(3, ge=1, description="Faces tracked per frame; the speaking one is chosen among them.")
+    small_face_px: float = Field(100.0, description="Faces narrower than this (pixels) are flagged small_face.")
+    extreme_yaw_deg: float = Field(45.0, description="|yaw| above this is flagged extreme_pose.")
+    extreme_pitch_deg: float = Field(35.0, description="|pitch| above this is flagged extreme_pose.")
+    low_confidence_residual: float = Field(0.06, description="Rigid-fit residual (eye distances) above this is flagged low_confidence.")
+    smooth_min_cutoff: float = Field(1.0, description="One Euro filter: cutoff (Hz) when the face is still.")
+    smooth_beta: float = Field(4.0, description="One Euro filter: how fast the cutoff rises with speed (per face-width/s).")
+    crop_size: int = Field(256, description="Side of the aligned face crop, pixels.")
+    decode_chunk: int = Field(64, ge=1, description="Frames decoded at a time (bounds memory on long videos).")
+
     # --- orchestration -------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")
     prefect_api_url: str | None = Field(None, description="Prefect API URL; None uses Prefect's ephemeral API.")

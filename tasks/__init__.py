@@ -1,1 +1,2 @@
-"""See DESIGN.md section 3."""
+"""One item's work, no orchestration: decoding, audio, tracking, dynamics, crops, speech timing.
+Never imports Prefect or Ray."""

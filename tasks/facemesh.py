@@ -1,0 +1,177 @@
+"""MediaPipe Face Mesh in tracking mode, with shot-cut resets and stable track ids across faces.
+
+MediaPipe tracks landmarks from frame to frame and falls back to face detection when it loses a
+face; across a hard cut it can keep "tracking" the wrong place, so a cut (a sharp change of the
+colour histogram) restarts the graph, which forces detection. Its detector sees the frame at
+192 px, so a small face in a wide shot (a full-body take) is missed: when the whole frame yields
+nothing, overlapping tiles are searched, and a face found there is followed in a region of
+interest around its last position. Faces found in consecutive frames are linked into tracks by
+overlap, so each person keeps one id while they are on screen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from tasks.landmarks import N_LANDMARKS
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: warnings and up only
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceObservation:
+    points: np.ndarray  # (478, 3) pixels (x, y, z; z in the same pixel scale as x)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.points[:, :2].min(0)
+        x1, y1 = self.points[:, :2].max(0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+    @property
+    def width(self) -> float:
+        x0, _, x1, _ = self.box
+        return x1 - x0
+
+
+@dataclass
+class Track:
+    track_id: int
+    frames: dict[int, FaceObservation] = field(default_factory=dict)
+    last_frame: int = -1
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class CutDetector:
+    """Hard cuts by the correlation of coarse HSV histograms of consecutive frames."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold, self._prev = threshold, None
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+        hist = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
+        cv2.normalize(hist, hist)
+        cut = self._prev is not None and cv2.compareHist(self._prev, hist, cv2.HISTCMP_CORREL) < self.threshold
+        self._prev = hist
+        return bool(cut)
+
+
+class FaceMeshTracker:
+    """Landmarks of up to ``max_faces`` faces per frame, linked into tracks."""
+
+    def __init__(self, max_faces: int = 2, min_detection: float = 0.5, min_tracking: float = 0.5,
+                 link_iou: float = 0.3, max_gap_frames: int = 25, search_every: int = 10) -> None:
+        import mediapipe as mp  # heavy; imported where used
+
+        self._mp = mp
+        self.max_faces, self.min_detection, self.min_tracking = max_faces, min_detection, min_tracking
+        self.link_iou, self.max_gap = link_iou, max_gap_frames
+        self.cuts = CutDetector()
+        self.tracks: list[Track] = []
+        self.cut_frames: list[int] = []
+        self._mesh = self._new_mesh()
+        self._crop_mesh = None
+        self._roi: tuple[int, int, int, int] | None = None
+        self._last_search = -10**9
+        self.search_every = search_every
+
+    def _new_mesh(self, static: bool = False, faces: int | None = None):
+        return self._mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=static, max_num_faces=faces or self.max_faces, refine_landmarks=True,
+            min_detection_confidence=self.min_detection, min_tracking_confidence=self.min_tracking)
+
+    def close(self) -> None:
+        self._mesh.close()
+        if self._crop_mesh is not None:
+            self._crop_mesh.close()
+
+    def process(self, index: int, frame: np.ndarray) -> list[FaceObservation]:
+        """Landmarks for one RGB frame; call with consecutive indices."""
+        if self.cuts(frame):
+            self.cut_frames.append(index)
+            self._mesh.close()
+            self._mesh = self._new_mesh()  # forces detection on the new shot
+            self._roi = None
+        faces = self._landmarks(self._mesh, frame, 0, 0)
+        if faces:
+            self._roi = None
+        else:
+            faces = self._small_face(index, frame)
+        self._link(index, faces)
+        return faces
+
+    @staticmethod
+    def _landmarks(mesh, image: np.ndarray, x0: int, y0: int) -> list[FaceObservation]:
+        h, w = image.shape[:2]
+        res = mesh.process(np.ascontiguousarray(image))
+        out = []
+        for lm in res.multi_face_landmarks or []:
+            pts = np.array([(p.x * w + x0, p.y * h + y0, p.z * w) for p in lm.landmark], dtype=np.float32)
+            if pts.shape[0] == N_LANDMARKS:
+                out.append(FaceObservation(pts))
+        return out
+
+    def _small_face(self, index: int, frame: np.ndarray) -> list[FaceObservation]:
+        """Follow a small face in its region of interest, or look for one tile by tile (every
+        ``search_every`` frames, since a tiled search costs about twenty mesh passes)."""
+        if self._crop_mesh is None:
+            self._crop_mesh = self._new_mesh(static=True, faces=1)
+        h, w = frame.shape[:2]
+        if self._roi is not None:
+            x0, y0, x1, y1 = self._roi
+            faces = self._landmarks(self._crop_mesh, frame[y0:y1, x0:x1], x0, y0)
+            if faces:
+                self._roi = self._roi_around(faces[0], w, h)
+                return faces
+            self._roi = None
+        if index - self._last_search < self.search_every:
+            return []
+        self._last_search = index
+        side = max(64, min(h, w) // 3)
+        for y in range(0, max(h - side, 0) + 1, side // 2):
+            for x in range(0, max(w - side, 0) + 1, side // 2):
+                faces = self._landmarks(self._crop_mesh, frame[y:y + side, x:x + side], x, y)
+                if faces:
+                    self._roi = self._roi_around(faces[0], w, h)
+                    return faces
+        return []
+
+    @staticmethod
+    def _roi_around(face: FaceObservation, w: int, h: int) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = face.box
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 1.5 * max(x1 - x0, y1 - y0)
+        return (int(max(0, cx - half)), int(max(0, cy - half)), int(min(w, cx + half)), int(min(h, cy + half)))
+
+    def _link(self, index: int, faces: list[FaceObservation]) -> None:
+        """Greedy overlap matching against tracks seen recently (and not across a cut)."""
+        cut = bool(self.cut_frames) and self.cut_frames[-1] == index
+        live = [t for t in self.tracks if index - t.last_frame <= self.max_gap and not cut]
+        pairs = sorted(((iou(f.box, t.frames[t.last_frame].box), fi, ti) for fi, f in enumerate(faces)
+                        for ti, t in enumerate(live)), reverse=True)
+        used_f, used_t = set(), set()
+        for score, fi, ti in pairs:
+            if score < self.link_iou or fi in used_f or ti in used_t:
+                continue
+            used_f.add(fi)
+            used_t.add(ti)
+            live[ti].frames[index] = faces[fi]
+            live[ti].last_frame = index
+        for fi, f in enumerate(faces):
+            if fi not in used_f:
+                t = Track(len(self.tracks), {index: f}, index)
+                self.tracks.append(t)

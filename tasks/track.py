@@ -1,0 +1,183 @@
+"""Face tracking of one video: landmarks, the speaking face, smoothing, pose, dynamics, crops, flags.
+
+The result is the per-video artifact every later stage reads (DESIGN section 4:
+``ROOT/artifacts/tracks/{video_sha256}/{tracker_version}.parquet``); a video dubbed into ten
+languages is tracked once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from tasks.audio import envelope, load_audio
+from tasks.decode import VideoSource
+from tasks.facemesh import FaceMeshTracker
+from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
+from tasks.landmarks import N_LANDMARKS, mouth_opening
+from tasks.smoothing import one_euro
+
+ALGORITHM = "fm0.10.21-v1"  # bump when tracking code changes what it writes
+FLAGS = ("no_face", "small_face", "extreme_pose", "low_confidence")
+log = logging.getLogger(__name__)
+
+
+def tracker_version(settings: Settings) -> str:
+    """Algorithm plus every setting that changes the artifact: a cache key."""
+    knobs = {k: getattr(settings, k) for k in ("max_faces", "small_face_px", "extreme_yaw_deg", "extreme_pitch_deg",
+                                               "low_confidence_residual", "smooth_min_cutoff", "smooth_beta", "crop_size")}
+    return f"{ALGORITHM}-{hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+@dataclass
+class TrackSummary:
+    track_id: int
+    frames: int
+    coverage: float          # share of the video's frames
+    mean_face_px: float
+    speech_correlation: float | None  # mouth opening vs speech envelope, None without audio
+
+
+@dataclass
+class TrackResult:
+    """Everything later stages need about one video's speaking face."""
+    video_uri: str
+    fps: float
+    timestamps: np.ndarray          # (T,) seconds
+    width: int
+    height: int
+    speaker_track: int | None
+    tracks: list[TrackSummary]
+    raw: np.ndarray                 # (T, 478, 3) float32 image-space landmarks, NaN where no face
+    smoothed: np.ndarray            # (T, 478, 3)
+    template: np.ndarray            # (478, 3) canonical mesh, unit eye distance
+    scale: np.ndarray               # (T,)
+    rotation: np.ndarray            # (T, 3, 3)
+    translation: np.ndarray         # (T, 3)
+    euler: np.ndarray               # (T, 3) yaw, pitch, roll degrees
+    displacements: np.ndarray       # (T, 478, 3) canonical mesh - template (the 3D facial dynamics)
+    crop: np.ndarray                # (T, 2, 3) image -> aligned crop
+    face_px: np.ndarray             # (T,) face width in pixels
+    residual: np.ndarray            # (T,) rigid-fit residual, eye distances
+    flags: dict[str, np.ndarray]    # name -> (T,) bool
+    cut_frames: list[int] = field(default_factory=list)
+    is_vfr: bool = False
+    version: str = ""
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.timestamps)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~self.flags["no_face"]
+
+    def pose(self, i: int) -> Similarity:
+        return Similarity(float(self.scale[i]), self.rotation[i], self.translation[i])
+
+    def summary(self) -> dict:
+        v = self.valid
+        eul = self.euler[v] if v.any() else np.zeros((1, 3))
+        return {
+            "frames": self.n_frames, "fps": round(self.fps, 3), "vfr": self.is_vfr, "cuts": len(self.cut_frames),
+            "tracks": len(self.tracks), "speaker_track": self.speaker_track,
+            "coverage": round(float(v.mean()), 4),
+            "mean_face_px": round(float(np.nanmean(self.face_px[v])), 1) if v.any() else 0.0,
+            "yaw_range": [round(float(eul[:, 0].min()), 1), round(float(eul[:, 0].max()), 1)],
+            "pitch_range": [round(float(eul[:, 1].min()), 1), round(float(eul[:, 1].max()), 1)],
+            "roll_range": [round(float(eul[:, 2].min()), 1), round(float(eul[:, 2].max()), 1)],
+            **{f"{k}_frames": int(f.sum()) for k, f in self.flags.items()},
+        }
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 10 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
+        return None
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def track_video(storage: Storage, settings: Settings, uri: str,
+                progress: Callable[[int, int], None] | None = None) -> TrackResult:
+    """Track the speaking face of ``uri``. Raises ``ResyncError`` for undecodable media and ``no_face``
+    when no face is found in any frame."""
+    tracker = FaceMeshTracker(max_faces=settings.max_faces)
+    try:
+        with VideoSource(storage, uri) as video:
+            n, fps = video.n_frames, video.fps
+            for chunk in video.chunks(settings.decode_chunk):
+                for i, frame in zip(chunk.indices, chunk.frames):
+                    tracker.process(int(i), frame)
+                if progress:
+                    progress(int(chunk.indices[-1]) + 1, n)
+            timestamps, (width, height), vfr = video.timestamps, video.size, video.is_vfr
+    finally:
+        tracker.close()
+    if not tracker.tracks:
+        raise ResyncError(ErrorClass.NO_FACE, "no face found in any frame", item=uri)
+
+    audio = load_audio(storage, uri, required=False)
+    speech = envelope(audio, timestamps) if audio is not None and audio.samples.size else None
+    summaries, per_track = [], {}
+    for t in tracker.tracks:
+        pts = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+        for i, obs in t.frames.items():
+            pts[i] = obs.points
+        per_track[t.track_id] = pts
+        widths = [obs.width for obs in t.frames.values()]
+        corr = _correlation(mouth_opening(pts), speech) if speech is not None else None
+        summaries.append(TrackSummary(t.track_id, len(t.frames), len(t.frames) / n, float(np.mean(widths)), corr))
+    speaker = choose_speaker(summaries)
+    return _analyse(uri, per_track[speaker], speaker, summaries, timestamps, fps, width, height,
+                    tracker.cut_frames, vfr, settings)
+
+
+def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, min_correlation: float = 0.15) -> int:
+    """The face whose mouth follows the speech best; without usable audio, the largest well-covered face."""
+    covered = [t for t in tracks if t.coverage >= min_coverage] or tracks
+    talking = [t for t in covered if t.speech_correlation is not None and t.speech_correlation >= min_correlation]
+    if len(talking) >= 1 and len(covered) > 1:
+        return max(talking, key=lambda t: t.speech_correlation).track_id
+    return max(covered, key=lambda t: t.mean_face_px * t.coverage).track_id
+
+
+def _analyse(uri: str, raw: np.ndarray, speaker: int, tracks: list[TrackSummary], timestamps: np.ndarray, fps: float,
+             width: int, height: int, cuts: list[int], vfr: bool, settings: Settings) -> TrackResult:
+    n = len(raw)
+    valid = np.isfinite(raw[:, 0, 0])
+    face_px = np.where(valid, np.nanmax(raw[:, :, 0], 1) - np.nanmin(raw[:, :, 0], 1), np.nan) if valid.any() else np.full(n, np.nan)
+    restart = np.zeros(n, bool)
+    restart[[c for c in cuts if c < n]] = True
+    smoothed = one_euro(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
+                        beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0)).astype(np.float32)
+
+    template = build_template(smoothed.astype(np.float64), valid)
+    scale, rot, trans = np.zeros(n), np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 3))
+    euler, residual = np.zeros((n, 3)), np.zeros(n)
+    disp = np.zeros((n, N_LANDMARKS, 3), np.float32)
+    crop = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
+    raw_residual = np.zeros(n)
+    for i in np.flatnonzero(valid):
+        pose, residual[i] = fit_pose(smoothed[i].astype(np.float64), template)
+        scale[i], rot[i], trans[i] = pose.scale, pose.rotation, pose.translation
+        euler[i] = euler_degrees(pose.rotation)
+        disp[i] = to_canonical(smoothed[i].astype(np.float64), pose) - template
+        crop[i] = crop_matrix(smoothed[i], settings.crop_size)
+        raw_residual[i] = fit_pose(raw[i].astype(np.float64), template)[1]
+    flags = {
+        "no_face": ~valid,
+        "small_face": valid & (np.nan_to_num(face_px) < settings.small_face_px),
+        "extreme_pose": valid & ((np.abs(euler[:, 0]) > settings.extreme_yaw_deg) | (np.abs(euler[:, 1]) > settings.extreme_pitch_deg)),
+        "low_confidence": valid & (raw_residual > settings.low_confidence_residual),
+    }
+    return TrackResult(uri, fps, np.asarray(timestamps, np.float64), width, height, speaker, tracks, raw, smoothed,
+                       template.astype(np.float32), scale, rot, trans, euler, disp, crop, face_px, raw_residual, flags,
+                       list(cuts), vfr, tracker_version(settings))
