@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from catalogs.delta import DeltaTables
@@ -143,6 +143,40 @@ def catalog_plan(
         t.add_row(s.shard_id, str(len(s.items)), f"{s.items[0].video_id}/{s.items[0].language}",
                   f"{s.items[-1].video_id}/{s.items[-1].language}")
     out.print(t)
+
+
+@app.command("track")
+def track(
+    video: str = typer.Argument(..., help="Video to track: a local path or s3:// URI."),
+    output: str = typer.Option(..., "-o", "--output", help="Where to write the track artifact (.parquet)."),
+    preview: Optional[str] = typer.Option(None, "--preview", help="Also write an H.264 preview with the mesh drawn over the video."),
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Track the speaking face: landmarks, pose, 3D dynamics, crops and flags, saved as Parquet; prints a summary."""
+    from tasks import track_artifact
+    from tasks.preview import write_preview
+    from tasks.track import track_video
+
+    settings = make_settings(root, None, s3_endpoint_url)
+    storage = Storage(settings)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("tracking", total=None)
+            result = track_video(storage, settings, video, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            track_artifact.save(storage, result, output, storage.sha256(video))
+            if preview:
+                bar.update(task, description="writing preview", completed=0, total=result.n_frames)
+                write_preview(storage, video, result, preview)
+    except ResyncError as e:
+        fail(f"{e} [{e.error_class}]")
+    t = Table(title=f"track of {video}")
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for k, v in result.summary().items():
+        t.add_row(k, str(v))
+    out.print(t)
+    out.print(f"artifact: {output}" + (f"\npreview:  {preview}" if preview else ""))
 
 
 @catalog_app.command("maintain")

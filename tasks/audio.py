@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-from scipy.signal import lfilter
+from scipy.signal import butter, lfilter, sosfiltfilt
 
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.probe import open_media
@@ -108,3 +108,11 @@ def envelope(audio: Audio, timestamps: np.ndarray) -> np.ndarray:
         seg = x[max(edges[i], 0):min(edges[i + 1], len(x))]
         out[i] = float(np.sqrt(np.mean(seg ** 2))) if seg.size else 0.0
     return out
+
+
+def speech_envelope(audio: Audio, timestamps: np.ndarray) -> np.ndarray:
+    """Log energy of the speech band (300-3000 Hz) per video frame: what a talking mouth follows.
+    Band-limiting drops rumble and hiss; the log makes quiet syllables count as much as loud ones."""
+    sos = butter(4, [300, 3000], btype="band", fs=audio.sample_rate, output="sos")
+    band = Audio(sosfiltfilt(sos, audio.samples.astype(np.float64)).astype(np.float32), audio.sample_rate)
+    return np.log(envelope(band, timestamps) + 1e-4)

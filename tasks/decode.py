@@ -125,7 +125,8 @@ class VideoSource:
         except decord.DECORDError as e:
             raise ResyncError(ErrorClass.DECODE_ERROR, f"frames {source_idx[0]}..{source_idx[-1]} do not decode ({e})",
                               item=self.uri) from e
-        k = self.probe.rotation // 90
-        if k:
-            frames = np.ascontiguousarray(np.rot90(frames, k=-k, axes=(1, 2)))  # clockwise by `rotation`
+        # decord applies the display matrix itself (checked against FFmpeg's autorotation for 90,
+        # 180 and 270 degrees); rotate here only if a build hands back the stored orientation.
+        if self.probe.rotation in (90, 270) and frames.shape[1:3] != (self.probe.height, self.probe.width):
+            frames = np.ascontiguousarray(np.rot90(frames, k=-(self.probe.rotation // 90), axes=(1, 2)))
         return frames

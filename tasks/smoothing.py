@@ -40,3 +40,18 @@ def one_euro(x: np.ndarray, timestamps: np.ndarray, valid: np.ndarray, restart: 
         prev = a * out[i] + (1 - a) * prev
         out[i] = prev
     return out
+
+
+def one_euro_zero_phase(x: np.ndarray, timestamps: np.ndarray, valid: np.ndarray, restart: np.ndarray | None = None,
+                        **kwargs) -> np.ndarray:
+    """One Euro run forward, then backward over its output: tracking is offline, so we can cancel
+    the causal filter's lag (about one frame at 25 fps, measured on the shared clips) entirely."""
+    fwd = one_euro(x, timestamps, valid, restart, **kwargs)
+    back_restart = None
+    if restart is not None:  # a restart at frame i begins a shot; going backwards, frame i-1 does
+        back_restart = np.zeros_like(restart)
+        back_restart[:-1] = restart[1:]
+        back_restart = back_restart[::-1]
+    scale = kwargs.pop("scale", None)
+    return one_euro(fwd[::-1], -np.asarray(timestamps)[::-1], valid[::-1], back_restart,
+                    scale=None if scale is None else scale[::-1], **kwargs)[::-1]

@@ -18,12 +18,12 @@ import numpy as np
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from tasks.audio import envelope, load_audio
+from tasks.audio import load_audio, speech_envelope
 from tasks.decode import VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
-from tasks.smoothing import one_euro
+from tasks.smoothing import one_euro_zero_phase
 
 ALGORITHM = "fm0.10.21-v1"  # bump when tracking code changes what it writes
 FLAGS = ("no_face", "small_face", "extreme_pose", "low_confidence")
@@ -98,11 +98,18 @@ class TrackResult:
         }
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 10 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
-        return None
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+def _correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 3) -> float | None:
+    """Best Pearson correlation of two per-frame series within +-``max_lag`` frames (audio and video
+    of real footage are often a frame or two apart); None when there is too little to say."""
+    best = None
+    for k in range(-max_lag, max_lag + 1):
+        x, y = a[max(0, k):len(a) + min(0, k)], b[max(0, -k):len(b) + min(0, -k)]
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 10 or np.std(x[ok]) < 1e-9 or np.std(y[ok]) < 1e-9:
+            continue
+        c = float(np.corrcoef(x[ok], y[ok])[0, 1])
+        best = c if best is None else max(best, c)
+    return best
 
 
 def track_video(storage: Storage, settings: Settings, uri: str,
@@ -125,7 +132,7 @@ def track_video(storage: Storage, settings: Settings, uri: str,
         raise ResyncError(ErrorClass.NO_FACE, "no face found in any frame", item=uri)
 
     audio = load_audio(storage, uri, required=False)
-    speech = envelope(audio, timestamps) if audio is not None and audio.samples.size else None
+    speech = speech_envelope(audio, timestamps) if audio is not None and audio.samples.size else None
     summaries, per_track = [], {}
     for t in tracker.tracks:
         pts = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
@@ -140,12 +147,13 @@ def track_video(storage: Storage, settings: Settings, uri: str,
                     tracker.cut_frames, vfr, settings)
 
 
-def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, min_correlation: float = 0.15) -> int:
-    """The face whose mouth follows the speech best; without usable audio, the largest well-covered face."""
+def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, margin: float = 0.1) -> int:
+    """The face whose mouth follows the speech clearly better than the others' (by ``margin``);
+    otherwise (one face, no audio, no clear winner) the largest well-covered face."""
     covered = [t for t in tracks if t.coverage >= min_coverage] or tracks
-    talking = [t for t in covered if t.speech_correlation is not None and t.speech_correlation >= min_correlation]
-    if len(talking) >= 1 and len(covered) > 1:
-        return max(talking, key=lambda t: t.speech_correlation).track_id
+    scored = sorted((t for t in covered if t.speech_correlation is not None), key=lambda t: t.speech_correlation, reverse=True)
+    if len(covered) > 1 and len(scored) == len(covered) and scored[0].speech_correlation - scored[1].speech_correlation >= margin:
+        return scored[0].track_id
     return max(covered, key=lambda t: t.mean_face_px * t.coverage).track_id
 
 
@@ -156,7 +164,7 @@ def _analyse(uri: str, raw: np.ndarray, speaker: int, tracks: list[TrackSummary]
     face_px = np.where(valid, np.nanmax(raw[:, :, 0], 1) - np.nanmin(raw[:, :, 0], 1), np.nan) if valid.any() else np.full(n, np.nan)
     restart = np.zeros(n, bool)
     restart[[c for c in cuts if c < n]] = True
-    smoothed = one_euro(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
+    smoothed = one_euro_zero_phase(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
                         beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0)).astype(np.float32)
 
     template = build_template(smoothed.astype(np.float64), valid)
@@ -181,3 +189,17 @@ def _analyse(uri: str, raw: np.ndarray, speaker: int, tracks: list[TrackSummary]
     return TrackResult(uri, fps, np.asarray(timestamps, np.float64), width, height, speaker, tracks, raw, smoothed,
                        template.astype(np.float32), scale, rot, trans, euler, disp, crop, face_px, raw_residual, flags,
                        list(cuts), vfr, tracker_version(settings))
+
+
+def track_cached(storage: Storage, settings: Settings, uri: str, video_sha256: str,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[TrackResult, str, bool]:
+    """The track artifact for a catalog video: reused when present for this sha256 and tracker
+    version, else tracked and saved. Returns (result, artifact URI, reused)."""
+    from tasks import track_artifact
+
+    art = track_artifact.artifact_uri(storage, video_sha256, tracker_version(settings))
+    if storage.exists(art):
+        return track_artifact.load(storage, art), art, True
+    result = track_video(storage, settings, uri, progress)
+    track_artifact.save(storage, result, art, video_sha256)
+    return result, art, False

@@ -1,0 +1,130 @@
+"""Decoding (decord) and audio (PyAV) on real clips and on broken files made here."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from tasks.audio import Audio, envelope, load_audio, loudness_lufs
+from tasks.decode import VideoSource
+from tests.catalogs.media import make_bad_files, stage
+
+STORAGE = Storage(Settings())
+
+
+def ffprobe_frames(path: Path) -> tuple[int, list[float]]:
+    """Frame count and presentation times as FFmpeg itself reports them, to check decord against."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    times = [float(x.strip().rstrip(",")) for x in out.split() if x.strip()]
+    return len(times), times
+
+
+@pytest.mark.parametrize("name,size", [
+    ("interview_man_vfr_6s.mp4", (700, 700)),
+    ("address_woman_mpeg4_8s.mp4", (512, 512)),
+    ("vlog_woman_vertical_10s.mp4", (1080, 1920)),
+    ("actor_1080p_4s.mp4", (1920, 1080)),
+])
+def test_clips_decode_with_right_counts_and_timestamps(shared_data, name, size):
+    path = shared_data / "videos" / name
+    n_ref, t_ref = ffprobe_frames(path)
+    with VideoSource(STORAGE, str(path)) as v:
+        assert v.n_frames == n_ref and v.size == size
+        np.testing.assert_allclose(v.timestamps, np.array(t_ref) - t_ref[0], atol=2e-3)
+        seen = 0
+        for chunk in v.chunks(32):
+            assert len(chunk.frames) <= 32 and chunk.frames.dtype == np.uint8
+            assert chunk.frames.shape[1:] == (size[1], size[0], 3)
+            seen += len(chunk.frames)
+        assert seen == n_ref
+        assert v.is_vfr == (name == "interview_man_vfr_6s.mp4")
+
+
+def test_vfr_resampled_to_constant_rate_only_when_asked(shared_data):
+    path = str(shared_data / "videos" / "interview_man_vfr_6s.mp4")
+    with VideoSource(STORAGE, path, resample_fps=25) as v:
+        assert abs(v.n_frames - 6.1 * 25) <= 1  # the clip's 6.1 s at a constant 25 fps
+        assert np.allclose(np.diff(v.timestamps), 1 / 25)
+        idx = v._source_index
+        assert np.all(np.diff(idx) >= 0) and len(set(idx.tolist())) < v.n_frames  # frames repeated, never invented
+
+
+def test_rotated_phone_clip_is_upright(shared_data, tmp_path):
+    files = make_bad_files(shared_data, tmp_path)
+    rotated = files["rotated.mp4"]
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(rotated), "-frames:v", "1", "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout  # ffmpeg autorotates
+    expected = np.frombuffer(raw, np.uint8).reshape(1920, 1080, 3)
+    with VideoSource(STORAGE, str(rotated)) as v:
+        frame = v.frame(0)
+    assert frame.shape == expected.shape == (1920, 1080, 3)
+    mse = np.mean((frame.astype(float) - expected.astype(float)) ** 2)
+    assert mse < 255 ** 2 / 10 ** 3.5  # PSNR above 35 dB against FFmpeg's own upright frame
+
+
+def test_broken_files_raise_typed_errors(shared_data, tmp_path):
+    files = make_bad_files(shared_data, tmp_path)
+    cases = {"zero_bytes.mp4": ErrorClass.EMPTY_FILE, "truncated.mp4": ErrorClass.DECODE_ERROR,
+             "text_renamed.mp4": ErrorClass.DECODE_ERROR, "audio_only.mp4": ErrorClass.NO_VIDEO_STREAM}
+    for name, cls in cases.items():
+        with pytest.raises(ResyncError) as e:
+            with VideoSource(STORAGE, str(files[name])):
+                pass
+        assert e.value.error_class == cls and name in str(e.value)
+    with pytest.raises(ResyncError) as e:
+        with VideoSource(STORAGE, str(tmp_path / "absent.mp4")):
+            pass
+    assert e.value.error_class == ErrorClass.MISSING_FILE
+
+
+def test_video_from_s3(s3_settings, shared_data):
+    uris = stage(s3_settings, {"clip.mp4": shared_data / "videos" / "speaker_map_5s.mp4"})
+    with VideoSource(Storage(s3_settings), uris["clip.mp4"]) as v:
+        assert v.n_frames == 125 and next(v.chunks(8)).frames.shape == (8, 844, 844, 3)
+
+
+def test_audio_from_any_container_as_16k_mono(shared_data):
+    a = load_audio(STORAGE, str(shared_data / "videos" / "speaker_map_5s.mp4"))  # AAC 44.1 kHz stereo
+    assert a.sample_rate == 16000 and a.samples.ndim == 1 and a.samples.dtype == np.float32
+    assert a.duration_s == pytest.approx(5.0, abs=0.05)
+    w = load_audio(STORAGE, str(shared_data / "audio" / "french1.wav"))
+    assert w.duration_s == pytest.approx(6.864, abs=0.01)
+    assert load_audio(STORAGE, str(shared_data / "edge" / "no_audio_stream_10s.mp4"), required=False) is None
+    with pytest.raises(ResyncError) as e:
+        load_audio(STORAGE, str(shared_data / "edge" / "no_audio_stream_10s.mp4"))
+    assert e.value.error_class == ErrorClass.AUDIO_DECODE_ERROR
+
+
+def test_broken_audio_is_an_audio_decode_error(shared_data, tmp_path):
+    files = make_bad_files(shared_data, tmp_path)
+    with pytest.raises(ResyncError) as e:
+        load_audio(STORAGE, str(files["bad_audio.wav"]))
+    assert e.value.error_class == ErrorClass.AUDIO_DECODE_ERROR
+
+
+def test_loudness(shared_data):
+    t = np.arange(16000 * 5) / 16000
+    sine = Audio(np.sin(2 * np.pi * 997 * t).astype(np.float32), 16000)
+    assert loudness_lufs(sine) == pytest.approx(-3.0, abs=0.2)  # BS.1770: full-scale 997 Hz sine = -3.01 LUFS
+    quiet = Audio((0.1 * sine.samples).astype(np.float32), 16000)
+    assert loudness_lufs(quiet) == pytest.approx(loudness_lufs(sine) - 20, abs=0.1)
+    silent = load_audio(STORAGE, str(shared_data / "edge" / "silent_track_expressions_7s.mp4"))
+    assert loudness_lufs(silent) < -70
+    speech = load_audio(STORAGE, str(shared_data / "audio" / "german1.wav"))
+    assert -40 < loudness_lufs(speech) < -10
+
+
+def test_envelope_follows_real_timestamps():
+    sr = 16000
+    x = np.zeros(sr * 2, np.float32)
+    x[sr:] = 0.5  # silence for 1 s, then a constant
+    ts = np.array([0.0, 0.5, 0.9, 1.2, 1.5])  # variable frame durations
+    env = envelope(Audio(x, sr), ts)
+    assert env[0] == 0 and env[1] == 0 and env[3] == pytest.approx(0.5) and 0 < env[2] < 0.5
