@@ -47,12 +47,15 @@ class Settings(BaseSettings):
 
     # --- tracking (tasks/track.py) -------------------------------------------------------
     max_faces: int = Field(3, ge=1, description="Faces tracked per frame; the speaking one is chosen among them.")
+    cut_correlation: float = Field(0.9, description="Shot cut when consecutive frames' colour histograms correlate below this.")
+    cut_pixel_diff: float = Field(30.0, description="Shot cut when consecutive small grey frames differ by more than this (of 255).")
     small_face_px: float = Field(100.0, description="Faces narrower than this (pixels) are flagged small_face.")
     extreme_yaw_deg: float = Field(45.0, description="|yaw| above this is flagged extreme_pose.")
     extreme_pitch_deg: float = Field(35.0, description="|pitch| above this is flagged extreme_pose.")
     low_confidence_residual: float = Field(0.06, description="Rigid-fit residual (eye distances) above this is flagged low_confidence.")
     smooth_min_cutoff: float = Field(1.0, description="One Euro filter: cutoff (Hz) when the face is still.")
     smooth_beta: float = Field(20.0, description="One Euro filter: how fast the cutoff rises with speed (per face-width/s). Tuned on the shared clips: still-face jitter -63%, 88% of mouth-opening amplitude kept, zero lag.")
+    silence_lufs: float = Field(-60.0, description="Audio quieter than this (integrated LUFS) counts as silent.")
     crop_size: int = Field(256, description="Side of the aligned face crop, pixels.")
     decode_chunk: int = Field(64, ge=1, description="Frames decoded at a time (bounds memory on long videos).")
 

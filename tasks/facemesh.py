@@ -56,18 +56,26 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
 
 
 class CutDetector:
-    """Hard cuts by the correlation of coarse HSV histograms of consecutive frames."""
+    """Hard cuts: the coarse HSV histogram changes (correlation below ``min_correlation``) or the
+    small grey image changes a lot (mean absolute difference above ``max_pixel_diff`` of 255).
+    Measured on the shared clips: consecutive frames of one shot stay above 0.975 and below 15.3;
+    a cut between two talking-head shots measured 0.70 and 59."""
 
-    def __init__(self, threshold: float = 0.5) -> None:
-        self.threshold, self._prev = threshold, None
+    def __init__(self, min_correlation: float = 0.9, max_pixel_diff: float = 30.0) -> None:
+        self.min_correlation, self.max_pixel_diff = min_correlation, max_pixel_diff
+        self._prev: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, frame: np.ndarray) -> bool:
         small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
         hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
         hist = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
         cv2.normalize(hist, hist)
-        cut = self._prev is not None and cv2.compareHist(self._prev, hist, cv2.HISTCMP_CORREL) < self.threshold
-        self._prev = hist
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        cut = False
+        if self._prev is not None:
+            corr = cv2.compareHist(self._prev[0], hist, cv2.HISTCMP_CORREL)
+            cut = corr < self.min_correlation or float(np.abs(grey - self._prev[1]).mean()) > self.max_pixel_diff
+        self._prev = (hist, grey)
         return bool(cut)
 
 
@@ -75,13 +83,14 @@ class FaceMeshTracker:
     """Landmarks of up to ``max_faces`` faces per frame, linked into tracks."""
 
     def __init__(self, max_faces: int = 2, min_detection: float = 0.5, min_tracking: float = 0.5,
-                 link_iou: float = 0.3, max_gap_frames: int = 25, search_every: int = 10) -> None:
+                 link_iou: float = 0.3, max_gap_frames: int = 25, search_every: int = 10,
+                 cut_correlation: float = 0.9, cut_pixel_diff: float = 30.0) -> None:
         import mediapipe as mp  # heavy; imported where used
 
         self._mp = mp
         self.max_faces, self.min_detection, self.min_tracking = max_faces, min_detection, min_tracking
         self.link_iou, self.max_gap = link_iou, max_gap_frames
-        self.cuts = CutDetector()
+        self.cuts = CutDetector(cut_correlation, cut_pixel_diff)
         self.tracks: list[Track] = []
         self.cut_frames: list[int] = []
         self._mesh = self._new_mesh()

@@ -18,7 +18,7 @@ import numpy as np
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from tasks.audio import load_audio, speech_envelope
+from tasks.audio import load_audio, loudness_lufs, speech_envelope
 from tasks.decode import VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def tracker_version(settings: Settings) -> str:
     """Algorithm plus every setting that changes the artifact: a cache key."""
-    knobs = {k: getattr(settings, k) for k in ("max_faces", "small_face_px", "extreme_yaw_deg", "extreme_pitch_deg",
+    knobs = {k: getattr(settings, k) for k in ("max_faces", "cut_correlation", "cut_pixel_diff", "small_face_px", "extreme_yaw_deg", "extreme_pitch_deg",
                                                "low_confidence_residual", "smooth_min_cutoff", "smooth_beta", "crop_size")}
     return f"{ALGORITHM}-{hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:8]}"
 
@@ -54,11 +54,12 @@ class TrackResult:
     timestamps: np.ndarray          # (T,) seconds
     width: int
     height: int
-    speaker_track: int | None
+    speaker_track: int | None       # the speaker of the longest shot
     tracks: list[TrackSummary]
+    shots: list[tuple[int, int, int | None]]  # (first frame, end frame, speaking track) per shot between cuts
     raw: np.ndarray                 # (T, 478, 3) float32 image-space landmarks, NaN where no face
     smoothed: np.ndarray            # (T, 478, 3)
-    template: np.ndarray            # (478, 3) canonical mesh, unit eye distance
+    templates: np.ndarray           # (S, 478, 3) canonical mesh of each shot's speaker, unit eye distance
     scale: np.ndarray               # (T,)
     rotation: np.ndarray            # (T, 3, 3)
     translation: np.ndarray         # (T, 3)
@@ -80,6 +81,23 @@ class TrackResult:
     def valid(self) -> np.ndarray:
         return ~self.flags["no_face"]
 
+    @property
+    def shot_index(self) -> np.ndarray:
+        """(T,) which shot each frame belongs to."""
+        out = np.zeros(self.n_frames, np.int64)
+        for k, (a, b, _) in enumerate(self.shots):
+            out[a:b] = k
+        return out
+
+    @property
+    def template(self) -> np.ndarray:
+        """The template of the longest shot's speaker."""
+        return self.templates[int(np.argmax([b - a for a, b, _ in self.shots]))]
+
+    def canonical(self) -> np.ndarray:
+        """(T, 478, 3) pose-free meshes: each frame's shot template plus its displacements."""
+        return self.templates[self.shot_index] + self.displacements
+
     def pose(self, i: int) -> Similarity:
         return Similarity(float(self.scale[i]), self.rotation[i], self.translation[i])
 
@@ -88,7 +106,7 @@ class TrackResult:
         eul = self.euler[v] if v.any() else np.zeros((1, 3))
         return {
             "frames": self.n_frames, "fps": round(self.fps, 3), "vfr": self.is_vfr, "cuts": len(self.cut_frames),
-            "tracks": len(self.tracks), "speaker_track": self.speaker_track,
+            "tracks": len(self.tracks), "speaker_track": self.speaker_track, "shots": len(self.shots),
             "coverage": round(float(v.mean()), 4),
             "mean_face_px": round(float(np.nanmean(self.face_px[v])), 1) if v.any() else 0.0,
             "yaw_range": [round(float(eul[:, 0].min()), 1), round(float(eul[:, 0].max()), 1)],
@@ -116,7 +134,8 @@ def track_video(storage: Storage, settings: Settings, uri: str,
                 progress: Callable[[int, int], None] | None = None) -> TrackResult:
     """Track the speaking face of ``uri``. Raises ``ResyncError`` for undecodable media and ``no_face``
     when no face is found in any frame."""
-    tracker = FaceMeshTracker(max_faces=settings.max_faces)
+    tracker = FaceMeshTracker(max_faces=settings.max_faces, cut_correlation=settings.cut_correlation,
+                              cut_pixel_diff=settings.cut_pixel_diff)
     try:
         with VideoSource(storage, uri) as video:
             n, fps = video.n_frames, video.fps
@@ -132,19 +151,40 @@ def track_video(storage: Storage, settings: Settings, uri: str,
         raise ResyncError(ErrorClass.NO_FACE, "no face found in any frame", item=uri)
 
     audio = load_audio(storage, uri, required=False)
-    speech = speech_envelope(audio, timestamps) if audio is not None and audio.samples.size else None
-    summaries, per_track = [], {}
+    audible = audio is not None and audio.samples.size and loudness_lufs(audio) > settings.silence_lufs
+    speech = speech_envelope(audio, timestamps) if audible else None  # a silent track says nothing of who speaks
+    per_track = {}
     for t in tracker.tracks:
         pts = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
         for i, obs in t.frames.items():
             pts[i] = obs.points
         per_track[t.track_id] = pts
-        widths = [obs.width for obs in t.frames.values()]
-        corr = _correlation(mouth_opening(pts), speech) if speech is not None else None
-        summaries.append(TrackSummary(t.track_id, len(t.frames), len(t.frames) / n, float(np.mean(widths)), corr))
-    speaker = choose_speaker(summaries)
-    return _analyse(uri, per_track[speaker], speaker, summaries, timestamps, fps, width, height,
-                    tracker.cut_frames, vfr, settings)
+    summaries = _summaries(per_track, speech, 0, n)
+    cuts = sorted(c for c in tracker.cut_frames if 0 < c < n)
+    raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+    shots = []
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        in_shot = [t for t in _summaries(per_track, speech, a, b) if t.frames > 0]
+        speaker = choose_speaker(in_shot) if in_shot else None
+        if speaker is not None:
+            raw[a:b] = per_track[speaker][a:b]
+        shots.append((a, b, speaker))
+    return _analyse(uri, raw, shots, summaries, timestamps, fps, width, height, cuts, vfr, settings)
+
+
+def _summaries(per_track: dict[int, np.ndarray], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
+    """Each track's presence, size and speech correlation within frames [a, b)."""
+    out = []
+    for tid, pts in per_track.items():
+        seg = pts[a:b]
+        present = np.isfinite(seg[:, 0, 0])
+        if not present.any():
+            out.append(TrackSummary(tid, 0, 0.0, 0.0, None))
+            continue
+        widths = seg[present, :, 0].max(1) - seg[present, :, 0].min(1)
+        corr = _correlation(mouth_opening(seg), speech[a:b]) if speech is not None else None
+        out.append(TrackSummary(tid, int(present.sum()), float(present.mean()), float(widths.mean()), corr))
+    return out
 
 
 def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, margin: float = 0.1) -> int:
@@ -157,8 +197,9 @@ def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, margin
     return max(covered, key=lambda t: t.mean_face_px * t.coverage).track_id
 
 
-def _analyse(uri: str, raw: np.ndarray, speaker: int, tracks: list[TrackSummary], timestamps: np.ndarray, fps: float,
-             width: int, height: int, cuts: list[int], vfr: bool, settings: Settings) -> TrackResult:
+def _analyse(uri: str, raw: np.ndarray, shots: list[tuple[int, int, int | None]], tracks: list[TrackSummary],
+             timestamps: np.ndarray, fps: float, width: int, height: int, cuts: list[int], vfr: bool,
+             settings: Settings) -> TrackResult:
     n = len(raw)
     valid = np.isfinite(raw[:, 0, 0])
     face_px = np.where(valid, np.nanmax(raw[:, :, 0], 1) - np.nanmin(raw[:, :, 0], 1), np.nan) if valid.any() else np.full(n, np.nan)
@@ -167,28 +208,35 @@ def _analyse(uri: str, raw: np.ndarray, speaker: int, tracks: list[TrackSummary]
     smoothed = one_euro_zero_phase(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
                         beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0)).astype(np.float32)
 
-    template = build_template(smoothed.astype(np.float64), valid)
+    templates = np.zeros((len(shots), N_LANDMARKS, 3))
+    for k, (a, b, _) in enumerate(shots):  # one template per shot: a cut may bring another person
+        if valid[a:b].any():
+            templates[k] = build_template(smoothed[a:b].astype(np.float64), valid[a:b])
+    shot_of = np.zeros(n, np.int64)
+    for k, (a, b, _) in enumerate(shots):
+        shot_of[a:b] = k
     scale, rot, trans = np.zeros(n), np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 3))
     euler, residual = np.zeros((n, 3)), np.zeros(n)
     disp = np.zeros((n, N_LANDMARKS, 3), np.float32)
     crop = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
-    raw_residual = np.zeros(n)
     for i in np.flatnonzero(valid):
-        pose, residual[i] = fit_pose(smoothed[i].astype(np.float64), template)
+        template = templates[shot_of[i]]
+        pose, _ = fit_pose(smoothed[i].astype(np.float64), template)
         scale[i], rot[i], trans[i] = pose.scale, pose.rotation, pose.translation
         euler[i] = euler_degrees(pose.rotation)
         disp[i] = to_canonical(smoothed[i].astype(np.float64), pose) - template
         crop[i] = crop_matrix(smoothed[i], settings.crop_size)
-        raw_residual[i] = fit_pose(raw[i].astype(np.float64), template)[1]
+        residual[i] = fit_pose(raw[i].astype(np.float64), template)[1]  # of the raw tracking: its confidence
     flags = {
         "no_face": ~valid,
         "small_face": valid & (np.nan_to_num(face_px) < settings.small_face_px),
         "extreme_pose": valid & ((np.abs(euler[:, 0]) > settings.extreme_yaw_deg) | (np.abs(euler[:, 1]) > settings.extreme_pitch_deg)),
-        "low_confidence": valid & (raw_residual > settings.low_confidence_residual),
+        "low_confidence": valid & (residual > settings.low_confidence_residual),
     }
-    return TrackResult(uri, fps, np.asarray(timestamps, np.float64), width, height, speaker, tracks, raw, smoothed,
-                       template.astype(np.float32), scale, rot, trans, euler, disp, crop, face_px, raw_residual, flags,
-                       list(cuts), vfr, tracker_version(settings))
+    longest = max(shots, key=lambda s: s[1] - s[0])
+    return TrackResult(uri, fps, np.asarray(timestamps, np.float64), width, height, longest[2], tracks, shots, raw,
+                       smoothed, templates.astype(np.float32), scale, rot, trans, euler, disp, crop, face_px, residual,
+                       flags, list(cuts), vfr, tracker_version(settings))
 
 
 def track_cached(storage: Storage, settings: Settings, uri: str, video_sha256: str,

@@ -52,7 +52,8 @@ def to_table(r: TrackResult, video_sha256: str | None = None) -> pa.Table:
     meta = {
         "version": r.version, "video_uri": r.video_uri, "video_sha256": video_sha256, "fps": r.fps,
         "width": r.width, "height": r.height, "speaker_track": r.speaker_track,
-        "tracks": [t.__dict__ for t in r.tracks], "template": r.template.reshape(-1).tolist(),
+        "tracks": [t.__dict__ for t in r.tracks], "shots": [list(x) for x in r.shots],
+        "templates": r.templates.reshape(-1).tolist(),
         "cut_frames": r.cut_frames, "is_vfr": r.is_vfr, "summary": r.summary(),
     }
     table = pa.table(cols)
@@ -73,8 +74,8 @@ def from_table(table: pa.Table) -> TrackResult:
     return TrackResult(
         video_uri=meta["video_uri"], fps=meta["fps"], timestamps=col("timestamp"), width=meta["width"], height=meta["height"],
         speaker_track=meta["speaker_track"], tracks=[TrackSummary(**t) for t in meta["tracks"]],
-        raw=mesh("raw"), smoothed=mesh("smoothed"),
-        template=np.asarray(meta["template"], np.float32).reshape(N_LANDMARKS, 3),
+        shots=[tuple(x) for x in meta["shots"]], raw=mesh("raw"), smoothed=mesh("smoothed"),
+        templates=np.asarray(meta["templates"], np.float32).reshape(-1, N_LANDMARKS, 3),
         scale=col("scale"), rotation=fixed("rotation", (3, 3)), translation=fixed("translation", (3,)),
         euler=np.stack([col("yaw"), col("pitch"), col("roll")], 1).astype(np.float64),
         displacements=mesh("displacements"), crop=fixed("crop", (2, 3)), face_px=col("face_px").astype(np.float64),
