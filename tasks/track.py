@@ -70,6 +70,7 @@ class TrackResult:
     residual: np.ndarray            # (T,) rigid-fit residual, eye distances
     flags: dict[str, np.ndarray]    # name -> (T,) bool
     cut_frames: list[int] = field(default_factory=list)
+    faces: list[list[tuple[int, float, float, float, float]]] = field(default_factory=list)  # every track's box per frame
     is_vfr: bool = False
     version: str = ""
 
@@ -169,7 +170,9 @@ def track_video(storage: Storage, settings: Settings, uri: str,
         if speaker is not None:
             raw[a:b] = per_track[speaker][a:b]
         shots.append((a, b, speaker))
-    return _analyse(uri, raw, shots, summaries, timestamps, fps, width, height, cuts, vfr, settings)
+    result = _analyse(uri, raw, shots, summaries, timestamps, fps, width, height, cuts, vfr, settings)
+    result.faces = [[(t.track_id, *t.frames[i].box) for t in tracker.tracks if i in t.frames] for i in range(n)]
+    return result
 
 
 def _summaries(per_track: dict[int, np.ndarray], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
@@ -202,7 +205,8 @@ def _analyse(uri: str, raw: np.ndarray, shots: list[tuple[int, int, int | None]]
              settings: Settings) -> TrackResult:
     n = len(raw)
     valid = np.isfinite(raw[:, 0, 0])
-    face_px = np.where(valid, np.nanmax(raw[:, :, 0], 1) - np.nanmin(raw[:, :, 0], 1), np.nan) if valid.any() else np.full(n, np.nan)
+    face_px = np.full(n, np.nan)
+    face_px[valid] = raw[valid, :, 0].max(1) - raw[valid, :, 0].min(1)
     restart = np.zeros(n, bool)
     restart[[c for c in cuts if c < n]] = True
     smoothed = one_euro_zero_phase(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,

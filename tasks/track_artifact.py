@@ -22,7 +22,8 @@ from tasks.landmarks import N_LANDMARKS
 from tasks.track import FLAGS, TrackResult, TrackSummary
 
 META_KEY = b"resync.track"
-MESH = pa.list_(pa.float32(), N_LANDMARKS * 3)
+FACES = pa.list_(pa.struct([("track_id", pa.int32()), ("x0", pa.float32()), ("y0", pa.float32()),
+                            ("x1", pa.float32()), ("y1", pa.float32())]))  # every tracked face, not only the speaker
 
 
 def artifact_uri(storage: Storage, video_sha256: str, version: str) -> str:
@@ -48,6 +49,8 @@ def to_table(r: TrackResult, video_sha256: str | None = None) -> pa.Table:
         "crop": fixed(r.crop, 6), "face_px": pa.array(r.face_px.astype(np.float32)),
         "residual": pa.array(r.residual.astype(np.float32)),
         **{f: pa.array(r.flags[f]) for f in FLAGS},
+        "faces": pa.array([[{"track_id": f[0], "x0": f[1], "y0": f[2], "x1": f[3], "y1": f[4]} for f in fr]
+                           for fr in (r.faces or [[] for _ in range(n)])], FACES),
     }
     meta = {
         "version": r.version, "video_uri": r.video_uri, "video_sha256": video_sha256, "fps": r.fps,
@@ -81,6 +84,7 @@ def from_table(table: pa.Table) -> TrackResult:
         displacements=mesh("displacements"), crop=fixed("crop", (2, 3)), face_px=col("face_px").astype(np.float64),
         residual=col("residual").astype(np.float64), flags={f: col(f).astype(bool) for f in FLAGS},
         cut_frames=meta["cut_frames"], is_vfr=meta["is_vfr"], version=meta["version"],
+        faces=[[(f["track_id"], f["x0"], f["y0"], f["x1"], f["y1"]) for f in fr] for fr in table["faces"].to_pylist()],
     )
 
 

@@ -99,6 +99,8 @@ def test_edge_clips_give_the_right_flags(shared_data):
     for clip in ("anime_no_audio_11s.mp4", "no_audio_stream_10s.mp4"):
         r = tracked(shared_data / "edge" / clip)  # no audio stream: tracked, speaker chosen without audio
         assert r.valid.mean() >= 0.95 and all(t.speech_correlation is None for t in r.tracks)
+    music = tracked(shared_data / "edge" / "music_track_15s.mp4")  # mouthing to music: tracked like speech
+    assert music.valid.mean() >= 0.95 and not music.flags["small_face"].any()
     silent = tracked(shared_data / "edge" / "silent_track_expressions_7s.mp4")  # audio present, digital silence
     assert silent.valid.mean() >= 0.95 and all(t.speech_correlation is None for t in silent.tracks)
     for r in (tiny, silent):
@@ -129,6 +131,9 @@ def test_two_faces_get_stable_ids_and_the_speaker_is_found_by_audio(shared_data,
     r = track_video(STORAGE, SETTINGS, str(path))
     long_tracks = [t for t in r.tracks if t.coverage > 0.9]
     assert len(long_tracks) == 2  # each face kept one id over the whole clip
+    assert all(len(f) >= 2 for f in r.faces[5:-5])  # every track is exposed, frame by frame
+    ids = {t.track_id for t in long_tracks}
+    assert all(ids <= {f[0] for f in fr} for fr in r.faces[5:-5])
     speaker = next(t for t in r.tracks if t.track_id == r.speaker_track)
     assert speaker.mean_face_px < max(t.mean_face_px for t in long_tracks)  # not simply the largest face
     assert np.nanmean(r.smoothed[:, :, 0]) < 640 / 2 + 10  # the left half of the frame
@@ -149,6 +154,18 @@ def test_cut_is_detected_and_the_face_reacquired(shared_data, tmp_path):
     assert r.shots[0][2] != r.shots[1][2] and r.templates.shape == (2, 478, 3)  # each shot's own speaker and template
 
 
+def test_face_is_reacquired_after_a_loss(shared_data, tmp_path):
+    path = tmp_path / "blackout.mp4"
+    run_ffmpeg("-i", str(shared_data / "videos" / "speaker_glasses_5s.mp4"), "-vf",
+               "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(t,1.6,2.4)'", "-c:v", "libx264", str(path))
+    r = track_video(STORAGE, SETTINGS, str(path))
+    lost = r.flags["no_face"]
+    t = r.timestamps
+    assert lost[(t > 1.7) & (t < 2.3)].all()         # nothing to see during the blackout
+    assert r.valid[(t > 2.5)].mean() >= 0.95          # found again right after it
+    assert r.valid[(t < 1.5)].mean() >= 0.95
+
+
 def test_artifact_round_trip_and_reuse(settings, shared_data):
     storage = Storage(settings)
     uris = stage(settings, {"clip.mp4": shared_data / "videos" / "speaker_glasses_5s.mp4"})
@@ -158,6 +175,7 @@ def test_artifact_round_trip_and_reuse(settings, shared_data):
     again, art2, reused2 = track_cached(storage, settings, uris["clip.mp4"], sha)
     assert reused2 and art2 == art
     assert again.shots == r.shots
+    assert [[f[0] for f in fr] for fr in again.faces] == [[f[0] for f in fr] for fr in r.faces]
     for name in ("raw", "smoothed", "displacements", "rotation", "translation", "crop", "templates", "timestamps"):
         np.testing.assert_allclose(np.nan_to_num(getattr(again, name)), np.nan_to_num(getattr(r, name)), rtol=1e-6, atol=1e-4)
     assert again.summary() == r.summary() and again.flags.keys() == r.flags.keys()
