@@ -63,7 +63,7 @@ class VideoSource:
         self._local = local_path(self.storage, self.uri)
         path = self._local.__enter__()
         try:
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
             n = len(self._reader)
             if n == 0:
                 raise ResyncError(ErrorClass.DECODE_ERROR, "no frames", item=self.uri)
