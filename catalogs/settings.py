@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
     aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
 
+    s3_retries: int = Field(5, ge=0, description="Retries of a failed S3 request before it is a storage_error.")
+
     # --- manifests -----------------------------------------------------------------------
     commit_retries: int = Field(20, description="Retries of a Delta commit that lost a race with another writer.")
     checkpoint_interval: int = Field(50, description="Delta commits between checkpoints, so reading the log stays O(1).")

@@ -74,6 +74,7 @@ class Storage:
     def _make_s3(self) -> fsspec.AbstractFileSystem:
         s = self.settings
         kwargs: dict = {"skip_instance_cache": True, "use_listings_cache": False,
+                        "config_kwargs": {"retries": {"max_attempts": s.s3_retries + 1, "mode": "standard"}},
                         "client_kwargs": {"region_name": s.s3_region}}
         if s.s3_endpoint_url:
             kwargs["endpoint_url"] = s.s3_endpoint_url
@@ -82,7 +83,9 @@ class Storage:
             kwargs["secret"] = s.aws_secret_access_key.get_secret_value()
         if s.aws_session_token:
             kwargs["token"] = s.aws_session_token.get_secret_value()
-        return fsspec.filesystem("s3", **kwargs)
+        fs = fsspec.filesystem("s3", **kwargs)
+        fs.retries = max(1, s.s3_retries)  # s3fs's own retry loop, on top of botocore's
+        return fs
 
     def delta_options(self, uri: str | None = None) -> dict[str, str] | None:
         """deltalake storage options for ``uri`` (default: the root); None for local tables."""

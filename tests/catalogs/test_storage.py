@@ -58,7 +58,8 @@ def test_delta_options_from_settings_and_secrets_stay_secret(caplog):
 
 
 def test_unreachable_endpoint_is_a_storage_error():
-    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b")
+    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b",
+                 s3_retries=1)
     st = Storage(s)
     with pytest.raises(ResyncError) as e:
         st.read_bytes("s3://b/p/x")
