@@ -1,1 +1,2 @@
-"""See DESIGN.md section 3."""
+"""Pure PyTorch: audio features, Style-SyncFormer, the rewired style-based generator, the
+discriminator, losses, the mesh renderer, training loops and checkpoint I/O. Imports nothing of ours."""

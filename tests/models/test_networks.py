@@ -1,0 +1,123 @@
+"""Networks, losses and checkpoints: shapes, dtypes, gradients, bit-exact round trips, no pickles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.config import CPU, FULL, ModelConfig
+from models.discriminator import Discriminator
+from models.generator import Generator
+from models.losses import (discriminator_adversarial, feature_matching, generator_adversarial, ms_ssim, ms_ssim_loss,
+                           r1_penalty, weighted_l1)
+from models.syncformer import StyleSyncFormer, velocity_loss, vertex_loss
+
+torch.manual_seed(0)
+
+
+def test_config_round_trips_through_json():
+    for cfg in (CPU, FULL):
+        assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_syncformer_shapes_style_and_start_from_template():
+    m = StyleSyncFormer(CPU.syncformer)
+    audio, ref = torch.randn(2, 40, 384), 0.01 * torch.randn(2, 30, 478, 3)
+    style = m.style(ref)
+    assert style.shape == (2, CPU.syncformer.style_dim) and style.dtype == torch.float32
+    out = m(audio, style)
+    assert out.shape == (2, 40, 478, 3) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.zeros_like(out))  # zero-initialised head: the template itself
+    pad = torch.zeros(2, 40, dtype=torch.bool)
+    pad[1, 30:] = True
+    assert m(audio, style, pad).shape == (2, 40, 478, 3)
+
+
+def test_syncformer_style_changes_the_output_and_losses_backpropagate():
+    m = StyleSyncFormer(CPU.syncformer)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    audio, target = torch.randn(1, 20, 384), 0.05 * torch.randn(1, 20, 478, 3)
+    lips = torch.tensor([13, 14, 61, 291])
+    for _ in range(3):  # leave the zero init so that the style matters
+        loss = vertex_loss(m(audio, m.style(target)), target, lips, 5.0) + velocity_loss(m(audio, m.style(target)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    a = m(audio, m.style(target))
+    b = m(audio, m.style(-target))
+    assert not torch.allclose(a, b)
+    assert m.style_encoder.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("cfg", [CPU, FULL], ids=["cpu", "full"])
+def test_generator_and_discriminator_shapes(cfg):
+    g, d = Generator(cfg.generator), Discriminator(cfg.discriminator)
+    s = cfg.generator.size
+    b = 2 if cfg is CPU else 1
+    mesh, target, ref = torch.rand(b, 1, s, s), torch.rand(b, 3, s, s) * 2 - 1, torch.rand(b, 3, s, s) * 2 - 1
+    with torch.no_grad():
+        fake = g(mesh, target, ref)
+        logit, feats = d(fake, return_features=True)
+    assert fake.shape == (b, 3, s, s) and fake.dtype == torch.float32
+    assert logit.shape == (b, 1) and len(feats) == g.log_size - 2
+    assert g.encode_reference(ref).shape == (b, g.n_latent, cfg.generator.style_dim)
+
+
+def test_both_generator_paths_learn_and_losses_are_sane():
+    g, d = Generator(CPU.generator), Discriminator(CPU.discriminator)
+    s = CPU.generator.size
+    mesh, target, ref = torch.rand(2, 1, s, s), torch.rand(2, 3, s, s) * 2 - 1, torch.rand(2, 3, s, s) * 2 - 1
+    real = (torch.rand(2, 3, s, s) * 2 - 1).requires_grad_(True)
+    mouth = torch.zeros(2, 1, s, s)
+    mouth[..., s // 2:, :] = 1
+    fake = g(mesh, target, ref)
+    fake_logit, fake_feats = d(fake, return_features=True)
+    real_logit, real_feats = d(real, return_features=True)
+    loss = (weighted_l1(fake, real, mouth) + ms_ssim_loss(fake, real) + generator_adversarial(fake_logit)
+            + feature_matching(fake_feats, real_feats))
+    loss.backward(retain_graph=True)
+    assert g.guide_encoder.stem[0].weight.grad.abs().sum() > 0      # the noise (guidance) path
+    assert g.reference_encoder.stem[0].weight.grad.abs().sum() > 0  # the style (reference) path
+    assert r1_penalty(real_logit, real).item() >= 0
+    assert discriminator_adversarial(real_logit, fake_logit).item() > 0
+    x = torch.rand(1, 3, 64, 64)
+    assert ms_ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert weighted_l1(x, x, torch.ones(1, 1, 64, 64)).item() == 0
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    m = StyleSyncFormer(CPU.syncformer)
+    m.set_normalization(torch.randn(478 * 3), torch.rand(478 * 3) + 0.5)
+    version = save_checkpoint(tmp_path / "ck", m.state_dict(), CPU.to_dict(), {"steps": 3})
+    tensors, doc, v2 = load_checkpoint(tmp_path / "ck")
+    assert v2 == version and doc["metadata"] == {"steps": 3}
+    m2 = StyleSyncFormer(ModelConfig.from_dict(doc["config"]).syncformer)
+    m2.load_state_dict(tensors)
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert save_checkpoint(tmp_path / "again", m2.state_dict(), CPU.to_dict()) == version  # content-addressed
+
+
+def test_pickles_and_tampered_weights_are_refused(tmp_path):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(2)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"version": "x", "config": {}}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(folder)
+    (folder / "model.safetensors").write_bytes(b"not a tensor file at all")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(folder)
+    ok = tmp_path / "ok"
+    save_checkpoint(ok, {"w": torch.ones(3)}, {"a": 1})
+    doc = json.loads((ok / "config.json").read_text())
+    doc["config"]["a"] = 2
+    (ok / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="version"):
+        load_checkpoint(ok)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "absent")
