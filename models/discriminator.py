@@ -21,6 +21,7 @@ class Discriminator(nn.Module):
         self.stddev_group = stddev_group
         self.final_conv = ConvLayer(ch[4] + 1, ch[4], 3)
         self.final = nn.Sequential(EqualLinear(ch[4] * 16, ch[4], activate=True), EqualLinear(ch[4], 1))
+        self.cfg_r1_gamma = cfg.r1_gamma
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         feats = []
