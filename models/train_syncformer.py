@@ -36,6 +36,8 @@ class SyncFormerTraining:
     val_fraction: float = 0.15
     eval_every: int = 50
     patience: int = 8             # evaluations without improvement before stopping
+    log_every: int = 10           # training losses are logged every this many steps
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
     seed: int = 0
     log: list[dict] = field(default_factory=list)
 
@@ -77,11 +79,12 @@ def evaluate(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.Tensor, s
     """Mean lip-weighted vertex error over whole held-out sequences."""
     model.eval()
     total, n = 0.0, 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for s in seqs:
-            ref = (style_ref if style_ref is not None else s.disp)[None]
-            pred = model(s.audio[None], model.style(ref[:, :model.cfg.style_window]))
-            total += float(vertex_loss(pred, s.disp[None], lips, model.cfg.lip_weight)) * len(s.audio)
+            ref = (style_ref if style_ref is not None else s.disp)[None].to(dev)
+            pred = model(s.audio[None].to(dev), model.style(ref[:, :model.cfg.style_window]))
+            total += float(vertex_loss(pred, s.disp[None].to(dev), lips.to(dev), model.cfg.lip_weight)) * len(s.audio)
             n += len(s.audio)
     model.train()
     return total / max(n, 1)
@@ -95,11 +98,15 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
     train, val = split(seqs, cfg.val_fraction)
     if set_normalization:
         model.set_normalization(*normalization(train))
+    dev = cfg.device
+    model.to(dev)
+    lips = lips.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     start = time.monotonic()
-    best, best_state, bad, step = math.inf, copy.deepcopy(model.state_dict()), 0, 0
     first_val = evaluate(model, val or train, lips)
+    # the starting weights are a candidate too: with little data, training may never beat them
+    best, best_state, bad, step = first_val, copy.deepcopy(model.state_dict()), 0, 0
     model.train()
     for step in range(1, cfg.steps + 1):
         picks = torch.randint(0, len(train), (cfg.batch,), generator=gen).tolist()
@@ -107,6 +114,7 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         # the style comes from another window of the same clip: the model must read style, not copy
         refs = torch.stack([_window(train[i], model.cfg.style_window, gen)[1][:model.cfg.style_window] for i in picks]) \
             if all(len(train[i].disp) >= model.cfg.style_window for i in picks) else disp
+        audio, disp, mask, refs = audio.to(dev), disp.to(dev), mask.to(dev), refs.to(dev)
         pred = model(audio, model.style(refs), mask == 0)
         loss = vertex_loss(pred, disp, lips, model.cfg.lip_weight, mask) + model.cfg.velocity_weight * velocity_loss(pred, disp, mask)
         opt.zero_grad(set_to_none=True)
@@ -114,6 +122,8 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if step % cfg.log_every == 0:
+            cfg.log.append({"step": step, "loss": float(loss.detach()), "seconds": time.monotonic() - start})
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = evaluate(model, val or train, lips)
             cfg.log.append({"step": step, "loss": float(loss.detach()), "val_vertex": v, "seconds": time.monotonic() - start})
