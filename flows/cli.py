@@ -24,30 +24,12 @@ from catalogs.plan import make_shards, plan_items
 from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
 from catalogs.settings import Settings
 from catalogs.storage import Storage
+from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out
 
 app = typer.Typer(help="resync: batch lip-sync dubbing for video catalogs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 catalog_app = typer.Typer(help="Catalog ingestion, inspection and shard planning.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
-console = Console(stderr=True)
-out = Console()
-
-RootOpt = typer.Option(None, "--root", help="Storage root: a local path or s3://bucket/prefix. Env: RESYNC_ROOT. Default ./resync-data.")
-AllowOpt = typer.Option(None, "--allow-root", help="A root that catalog URIs may point into (repeatable). Env: RESYNC_ALLOWED_ROOTS as a JSON list. Default: the current directory.")
-EndpointOpt = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint URL, e.g. http://127.0.0.1:9000. Env: RESYNC_S3_ENDPOINT_URL or AWS_ENDPOINT_URL. Credentials come only from AWS_* variables.")
-
-
-def make_settings(root: str | None = None, allow_root: list[str] | None = None, s3_endpoint_url: str | None = None,
-                  **extra) -> Settings:
-    """Settings from the environment, with CLI flags (when given) taking precedence."""
-    overrides = {k: v for k, v in {"root": root, "allowed_roots": allow_root or None,
-                                   "s3_endpoint_url": s3_endpoint_url, **extra}.items() if v is not None}
-    return Settings(**overrides)
-
-
-def fail(msg: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(code)
 
 
 @catalog_app.command("ingest")
@@ -192,6 +174,11 @@ def catalog_maintain(root: Optional[str] = RootOpt, s3_endpoint_url: Optional[st
         m = tables.maintain(name)
         t.add_row(name, str(m.get("numFilesRemoved", 0)), str(m.get("numFilesAdded", 0)))
     out.print(t)
+
+
+from flows.cli_models import register as _register_model_commands  # noqa: E402  (after app exists)
+
+_register_model_commands(app)
 
 
 def main() -> None:

