@@ -35,18 +35,39 @@ def feather(mask: np.ndarray, size: int) -> np.ndarray:
 def composite(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, mask: np.ndarray,
               colour_match: bool = True) -> np.ndarray:
     """Blend ``generated`` (S, S, 3, uint8) into ``frame`` (H, W, 3, uint8) through ``mask`` (S, S) in
-    crop space; ``crop`` is the 2x3 image -> crop matrix. Pixels where the mask is 0 are untouched."""
+    crop space; ``crop`` is the 2x3 image -> crop matrix. Pixels where the mask is 0 are untouched.
+
+    Only the frame region the mask reaches is warped and blended (a face is a small part of a
+    1080p frame), which keeps compositing cheap at any resolution.
+    """
     h, w = frame.shape[:2]
     size = generated.shape[0]
     soft = feather(mask, size)
+    ys, xs = np.nonzero(soft > 1e-3)
+    if len(xs) == 0:
+        return frame.copy()
+    inv = invert_affine(crop)
+    corners = np.array([[xs.min() - 2, ys.min() - 2], [xs.max() + 2, ys.min() - 2],
+                        [xs.min() - 2, ys.max() + 2], [xs.max() + 2, ys.max() + 2]], np.float64)
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(pts.min(0)).astype(int)
+    x1, y1 = np.ceil(pts.max(0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
+    result = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return result
     src_crop = cv2.warpAffine(frame, crop, (size, size), flags=cv2.INTER_AREA if abs(np.linalg.det(crop[:, :2])) < 1
                               else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     gen = match_colour(generated, src_crop, soft > 0.5) if colour_match else generated.astype(np.float32)
-    inv = invert_affine(crop)
-    back = cv2.warpAffine(gen, inv, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    alpha = cv2.warpAffine(soft, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    roi = inv.copy()
+    roi[:, 2] -= (x0, y0)  # the inverse warp, into the region's own pixel grid
+    back = cv2.warpAffine(gen, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    alpha = cv2.warpAffine(soft, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=0)
     alpha = np.clip(alpha, 0, 1)[..., None]
-    out = frame.astype(np.float32) * (1 - alpha) + back * alpha
-    result = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    result[alpha[..., 0] <= 0] = frame[alpha[..., 0] <= 0]  # exactly the source where nothing was blended
+    patch = frame[y0:y1, x0:x1]
+    blended = np.clip(np.rint(patch.astype(np.float32) * (1 - alpha) + back * alpha), 0, 255).astype(np.uint8)
+    untouched = alpha[..., 0] <= 0
+    blended[untouched] = patch[untouched]  # exactly the source where nothing was blended
+    result[y0:y1, x0:x1] = blended
     return result
