@@ -27,8 +27,15 @@ FeaturesOpt = typer.Option(None, "--audio-features", help="Audio features: whisp
 
 def dub(
     video: str = typer.Argument(..., help="Video to dub: a local path or s3:// URI. Never modified."),
-    audio: str = typer.Argument(..., help="The new (translated) speech: any audio or video file with an audio stream."),
+    audio: Optional[str] = typer.Argument(None, help="The new (translated) speech: any audio or video file with an "
+                                          "audio stream. Optional with --driving-video (then its own audio is used)."),
     output: str = typer.Option(..., "-o", "--output", help="Where to write the dubbed H.264 MP4 (published only when complete)."),
+    driving_video: Optional[str] = typer.Option(None, "--driving-video", help="Video-driven lip sync: the mouth follows "
+                                                "this video's tracked motion, retargeted to this speaker."),
+    style_from: Optional[str] = typer.Option(None, "--style-from", help="Speaking-style transfer: a catalog speaker id "
+                                             "or a video whose speaker's mouth dynamics to speak with."),
+    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swap: an image or video of the "
+                                                 "identity to draw (pose, motion and background stay this video's)."),
     model: Optional[str] = ModelOpt,
     track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
                                              "instead of tracking again."),
@@ -37,13 +44,16 @@ def dub(
 ) -> None:
     """Lip-sync VIDEO to AUDIO: same frames, frame rate, resolution and duration; the lower face follows the new speech.
 
-    Audio shorter than the video is padded with silence, longer audio is cut at the video's end.
-    Frames without a usable face pass through unchanged."""
-    from tasks import model_store, track_artifact
+    Shorter audio or driving motion is padded (silence, a closed mouth); longer is cut at the video's end. Frames without a usable face pass through unchanged. The modes combine."""
+    from tasks import model_store, modes, track_artifact
+    from tasks.audio import load_audio
     from tasks.lipsync import DubInputs
     from tasks.lipsync import dub as dub_item
     from tasks.track import track_video
+    from tasks.train import track_for
 
+    if audio is None and driving_video is None:
+        fail("give the new AUDIO, or --driving-video", code=2)
     settings = make_settings(root, None, s3_endpoint_url)
     storage = Storage(settings)
     try:
@@ -53,8 +63,31 @@ def dub(
             task = bar.add_task("tracking", total=None)
             tick = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
             track = track_artifact.load(storage, track_file) if track_file else track_video(storage, settings, video, tick)
+            inputs = DubInputs(audio_uri=audio)
+            if driving_video:
+                bar.update(task, description="tracking the driving video", completed=0)
+                driver = track_video(storage, settings, driving_video, tick)
+                inputs.displacements = modes.retarget(driver, track)
+                if audio is None and load_audio(storage, driving_video, required=False) is not None:
+                    inputs.audio_uri = driving_video
+            if style_from:
+                bar.update(task, description="tracking the style source", completed=0)
+                if storage.exists(style_from):
+                    style_track = track_video(storage, settings, style_from, tick)
+                else:
+                    uri, _ = modes.speaker_video(storage, style_from)
+                    style_track = track_for(storage, settings, uri)
+                inputs.style_displacements = modes.style_from_track(style_track, resyncer.config.syncformer.style_window)
+            if reference_from:
+                if modes.is_image(reference_from):
+                    inputs.reference_crop = modes.reference_from_image(storage, settings, reference_from, resyncer.size)
+                else:
+                    bar.update(task, description="tracking the reference video", completed=0)
+                    ref_track = track_video(storage, settings, reference_from, tick)
+                    inputs.reference_crop = modes.reference_from_video(storage, ref_track, reference_from, resyncer.size,
+                                                                       settings.crop_size)
             bar.update(task, description="dubbing", completed=0)
-            result = dub_item(storage, settings, video, DubInputs(audio_uri=audio), output, resyncer, features, track,
+            result = dub_item(storage, settings, video, inputs, output, resyncer, features, track,
                               model_store.feature_cache(settings), tick)
     except ResyncError as e:
         fail(f"{e} [{e.error_class}]")

@@ -160,7 +160,7 @@ def mux_audio(video_path: str, audio_path: str | None, out_path: str, seconds: f
     """Copy the video stream and add the audio as AAC, padded with silence or cut to ``seconds``."""
     cmd = ["ffmpeg", "-y", "-v", "error", "-i", video_path]
     if audio_path:
-        cmd += ["-i", audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "160k",
+        cmd += ["-i", audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "160k", "-ar", "48000",
                 "-af", "apad", "-t", f"{seconds:.6f}"]
     cmd += ["-c:v", "copy", "-movflags", "+faststart", out_path]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -103,9 +103,10 @@ class TrainingPlan:
 
 
 def finetune_plan(config: str = "cpu") -> TrainingPlan:
-    """The per-speaker recipe: smaller steps from the base, the adversarial game from the start."""
+    """The per-speaker recipe: smaller steps from the base; the adversarial game joins after 100 steps
+    (time for a discriminator that starts fresh, as with the bundled base, which ships without one)."""
     return TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=120, lr=1e-4),
-                        generator=GeneratorTraining(steps=5000, time_budget_s=600, adv_start=0, lr=1e-3, d_lr=1e-3))
+                        generator=GeneratorTraining(steps=5000, time_budget_s=600, adv_start=100, lr=1e-3, d_lr=1e-3))
 
 
 def _lips() -> torch.Tensor:
@@ -194,7 +195,7 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
     return model, summary
 
 
-def model_card(model: ReSyncer, summary: dict, command: str) -> str:
+def model_card(model: ReSyncer, summary: dict, command: str, has_discriminator: bool = True) -> str:
     """A short markdown card: what the model is, on what it was trained, how long, how well."""
     s, g = summary["syncformer"], summary["generator"]
     data = "\n".join(f"- `{Path(u).name}`" for u in model.card.training_data)
@@ -203,7 +204,7 @@ def model_card(model: ReSyncer, summary: dict, command: str) -> str:
 - Style-SyncFormer ({sum(p.numel() for p in model.syncformer.parameters()) / 1e6:.2f} M parameters) reading
   audio features `{model.card.audio_features}`; rewired generator
   ({sum(p.numel() for p in model.generator.parameters()) / 1e6:.2f} M parameters, {model.size}-px crops);
-  discriminator kept for fine-tuning. Weights: safetensors; version = content hash.
+  {"discriminator kept for fine-tuning" if has_discriminator else "discriminator left out (fine-tuning starts a new one)"}. Weights: safetensors; version = content hash.
 - Speaker: {model.card.speaker_id or "none (base model)"}; parent: {model.card.parent or "none (trained from scratch)"}.
 - Trained with: `{command}`
 - Wall time: {summary["wall_s"]:.0f} s on this machine (2 CPU cores), tracking and feature extraction included.

@@ -1,0 +1,81 @@
+"""Video-driven lip sync and speaking-style transfer with the bundled base model, on real clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from tasks import model_store, modes
+from tasks.audio import load_audio
+from tasks.decode import VideoSource
+from tasks.landmarks import mouth_opening
+from tasks.lipsync import DubInputs, dub
+from tasks.track import track_video
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, shared_data_or_none):
+    if shared_data_or_none is None:
+        pytest.skip("test media folder ../shared/data is absent")
+    root = tmp_path_factory.mktemp("modes")
+    settings = Settings(root=str(root / "root"), allowed_roots=[str(root), str(shared_data_or_none)])
+    storage = Storage(settings)
+    model = model_store.load_model(settings)
+    tracks = {n: track_video(storage, settings, str(shared_data_or_none / "videos" / n))
+              for n in ("speaker_map_5s.mp4", "speaker_glasses_5s.mp4", "address_man_long_60s.mp4",
+                                   "address_woman_mpeg4_8s.mp4")}
+    return settings, storage, model, model_store.features_for(settings, model), shared_data_or_none, root, tracks
+
+
+def test_mouth_width_and_retarget_alignment(env):
+    *_, tracks = env
+    target, driver = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    assert 0.5 < modes.mouth_width(target.template) < 1.5
+    motion = modes.retarget(driver, target)
+    assert motion.shape == target.displacements.shape and np.isfinite(motion).all()
+    scale = modes.mouth_width(target.template) / modes.mouth_width(driver.template)
+    # frame i of the target shows the driver's frame at the same time, scaled
+    i = 60
+    j = int(np.argmin(np.abs(driver.timestamps - target.timestamps[i])))
+    assert np.allclose(motion[i], np.nan_to_num(driver.displacements[j]) * scale, atol=1e-5)
+    # past the driver's end (4.9 s vs 5.0 s) the driver's most closed mouth is held
+    assert np.allclose(motion[-1], motion[-2])
+
+
+def test_video_driven_output_follows_the_driver(env):
+    settings, storage, model, features, data, root, tracks = env
+    target, driver = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    uri = str(data / "videos" / "speaker_map_5s.mp4")
+    out = str(root / "driven.mp4")
+    inputs = DubInputs(audio_uri=str(data / "videos" / "speaker_glasses_5s.mp4"),
+                       displacements=modes.retarget(driver, target))
+    result = dub(storage, settings, uri, inputs, out, model, features, target)
+    assert result.frames == target.n_frames
+    retracked = track_video(storage, settings, out)
+    got = mouth_opening(retracked.smoothed)
+    drv = np.interp(target.timestamps, driver.timestamps, mouth_opening(driver.smoothed))
+    own = mouth_opening(target.smoothed)
+    ok = np.isfinite(got) & np.isfinite(drv) & np.isfinite(own)
+    with_driver = np.corrcoef(got[ok], drv[ok])[0, 1]
+    with_original = np.corrcoef(got[ok], own[ok])[0, 1]
+    assert with_driver > 0.5 and with_driver > with_original + 0.3, (with_driver, with_original)
+    assert load_audio(storage, out).duration_s == pytest.approx(result.video_seconds, abs=0.06)
+
+
+def test_style_source_changes_the_mouth_amplitude_its_way(env):
+    """The same audio spoken in two speakers' styles: the livelier style opens the mouth wider."""
+    settings, storage, model, features, data, root, tracks = env
+    target = tracks["speaker_map_5s.mp4"]
+    uri = str(data / "videos" / "speaker_map_5s.mp4")
+    sources = {n: tracks[n] for n in ("address_woman_mpeg4_8s.mp4", "address_man_long_60s.mp4")}
+    own_amp = {n: float(np.nanstd(mouth_opening(t.canonical()))) for n, t in sources.items()}
+    amp = {}
+    for n, t in sources.items():
+        style = modes.style_from_track(t, model.config.syncformer.style_window)
+        r = dub(storage, settings, uri, DubInputs(str(data / "audio" / "english_vlog_10s.wav"), style_displacements=style),
+                str(root / f"style_{n}"), model, features, target, model_store.feature_cache(settings))
+        amp[n] = float(np.std(r.predicted_opening))
+    lively, calm = sorted(own_amp, key=own_amp.get, reverse=True)
+    assert amp[lively] > amp[calm] * 1.1, (amp, own_amp)
