@@ -34,8 +34,9 @@ def dub(
                                                 "this video's tracked motion, retargeted to this speaker."),
     style_from: Optional[str] = typer.Option(None, "--style-from", help="Speaking-style transfer: a catalog speaker id "
                                              "or a video whose speaker's mouth dynamics to speak with."),
-    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swap: an image or video of the "
-                                                 "identity to draw (pose, motion and background stay this video's)."),
+    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swap (experimental: the base "
+                                                 "recipe does not train cross-identity yet, so identity transfer is weak): an "
+                                                 "image or video of the identity to draw."),
     model: Optional[str] = ModelOpt,
     track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
                                              "instead of tracking again."),

@@ -13,30 +13,47 @@ import numpy as np
 from catalogs.storage import Storage
 
 
+def encode_h264(path: str, frames: Iterable[np.ndarray], fps: float, timestamps: np.ndarray | None = None,
+                crf: int = 20, preset: str = "veryfast") -> int:
+    """Encode RGB frames to a local MP4 file; returns the frame count.
+
+    With ``timestamps`` (seconds, one per frame) every frame keeps its own presentation time, so a
+    variable-frame-rate source stays variable; without, frames are spaced 1/fps apart.
+    """
+    tb = Fraction(1, 90_000)
+    n, last_pts = 0, -1
+    with av.open(path, mode="w") as out:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                h, w = frame.shape[:2]
+                stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
+                stream.width, stream.height = w - w % 2, h - h % 2
+                stream.pix_fmt = "yuv420p"
+                stream.time_base = tb
+                stream.codec_context.time_base = tb
+                stream.options = {"crf": str(crf), "preset": preset}
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
+            ts = float(timestamps[n]) if timestamps is not None else n / fps
+            pts = max(int(round(ts / tb)), last_pts + 1)
+            vf.pts, vf.time_base, last_pts = pts, tb, pts
+            for packet in stream.encode(vf):
+                out.mux(packet)
+            n += 1
+        if stream is not None:
+            for packet in stream.encode():
+                out.mux(packet)
+    return n
+
+
 def write_h264(storage: Storage, uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 20,
                preset: str = "veryfast") -> int:
     """Encode RGB frames to ``uri`` (local or S3); returns the frame count. The file appears only
     when complete: it is written to a temporary file and then published atomically."""
     fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix="resync-enc-")
     os.close(fd)
-    n = 0
     try:
-        with av.open(tmp, mode="w") as out:
-            stream = None
-            for frame in frames:
-                if stream is None:
-                    h, w = frame.shape[:2]
-                    stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
-                    stream.width, stream.height = w - w % 2, h - h % 2
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": preset}
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
-                for packet in stream.encode(vf):
-                    out.mux(packet)
-                n += 1
-            if stream is not None:
-                for packet in stream.encode():
-                    out.mux(packet)
+        n = encode_h264(tmp, frames, fps, crf=crf, preset=preset)
         storage.put_file(tmp, uri)
     finally:
         os.unlink(tmp)

@@ -24,11 +24,9 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
-import av
 import numpy as np
 import torch
 
@@ -41,6 +39,7 @@ from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, load_audio
 from tasks.composite import composite
 from tasks.decode import VideoSource, local_path
+from tasks.encode import encode_h264
 from tasks.geometry import warp_crop
 from tasks.landmarks import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, mouth_opening
 from tasks.track import TrackResult
@@ -126,34 +125,6 @@ def video_duration(track: TrackResult) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # encoding
-
-
-def _encode(path: str, frames: Iterator[np.ndarray], timestamps: np.ndarray, fps: float, crf: int, preset: str) -> int:
-    """H.264 in MP4 with every frame at its source timestamp (variable frame rates survive)."""
-    tb = Fraction(1, 90_000)
-    n = 0
-    with av.open(path, mode="w") as out:
-        stream = None
-        last_pts = -1
-        for frame, ts in zip(frames, timestamps):
-            if stream is None:
-                h, w = frame.shape[:2]
-                stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
-                stream.width, stream.height = w - w % 2, h - h % 2
-                stream.pix_fmt = "yuv420p"
-                stream.time_base = tb
-                stream.codec_context.time_base = tb
-                stream.options = {"crf": str(crf), "preset": preset}
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
-            pts = max(int(round(float(ts) / tb)), last_pts + 1)
-            vf.pts, vf.time_base, last_pts = pts, tb, pts
-            for packet in stream.encode(vf):
-                out.mux(packet)
-            n += 1
-        if stream is not None:
-            for packet in stream.encode():
-                out.mux(packet)
-    return n
 
 
 def mux_audio(video_path: str, audio_path: str | None, out_path: str, seconds: float) -> None:
@@ -317,7 +288,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             silent = os.path.join(workdir, "video.mp4")
             final = os.path.join(workdir, "dub.mp4")
             t = time.perf_counter()
-            written = _encode(silent, frames(), track.timestamps, track.fps, settings.output_crf, settings.output_preset)
+            written = encode_h264(silent, frames(), track.fps, track.timestamps, settings.output_crf, settings.output_preset)
             timings["decode_encode_s"] = time.perf_counter() - t - timings["redraw_s"] - timings["composite_s"]
             t = time.perf_counter()
             if inputs.audio_uri:

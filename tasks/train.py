@@ -143,6 +143,15 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
             "log": {"syncformer": sync["log"], "generator": gen["log"]}}
 
 
+def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_dir: str | Path) -> tuple[ReSyncer, dict]:
+    """Record the job's metrics in the model card and write the checkpoint."""
+    summary["wall_s"] = time.monotonic() - start
+    summary["holdout"] = plan.generator.val_fraction
+    model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
+    model.save(out_dir)
+    return model, summary
+
+
 def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: str | Path, features: AudioFeatures,
                cache: FeatureCache | None = None, plan: TrainingPlan | None = None,
                say: Callable[[str], None] = log.info, resume: ReSyncer | None = None) -> tuple[ReSyncer, dict]:
@@ -163,11 +172,7 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
     clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
     say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s")
     summary = fit(model, clips, plan, set_normalization=resume is None, say=say, perceptual=perceptual_loss(settings))
-    summary["wall_s"] = time.monotonic() - start
-    summary["holdout"] = plan.generator.val_fraction
-    model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
-    model.save(out_dir)
-    return model, summary
+    return _save(model, summary, plan, start, out_dir)
 
 
 def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None, uris: list[str], out_dir: str | Path,
@@ -188,11 +193,7 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
     model.train()
     clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
     summary = fit(model, clips, plan, set_normalization=base is None, say=say, perceptual=perceptual_loss(settings))
-    summary["wall_s"] = time.monotonic() - start
-    summary["holdout"] = plan.generator.val_fraction
-    model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
-    model.save(out_dir)
-    return model, summary
+    return _save(model, summary, plan, start, out_dir)
 
 
 def model_card(model: ReSyncer, summary: dict, command: str, has_discriminator: bool = True) -> str:
