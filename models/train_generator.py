@@ -8,13 +8,13 @@ is the validation metric, and the best weights are kept.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from models.discriminator import Discriminator
+from models.early_stopping import EarlyStopping
 from models.generator import Generator
 from models.losses import (discriminator_adversarial, feature_matching, generator_adversarial, ms_ssim_loss,
                            r1_penalty, weighted_l1)
@@ -130,7 +130,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()
     first = evaluate(g, data, val_idx, val_ref)
-    best, best_state, bad, step = first, copy.deepcopy(g.state_dict()), 0, 0
+    stopper, step = EarlyStopping(g, first, cfg.patience, higher_is_better=True), 0
     for step in range(1, cfg.steps + 1):
         i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
         r = references(data, i, gen, train_idx)
@@ -165,15 +165,11 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = evaluate(g, data, val_idx, val_ref)
             cfg.log.append({"step": step, "loss": float(loss.detach()), "val_lower_psnr": v, "seconds": time.monotonic() - start})
-            if v > best:
-                best, best_state, bad = v, copy.deepcopy(g.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
+            if stopper.update(v):
+                break
         if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
             break
-    g.load_state_dict(best_state)
+    best = stopper.restore()
     g.eval()
     return {"steps": step, "seconds": time.monotonic() - start, "val_lower_psnr_start": first,
             "val_lower_psnr_best": best, "log": cfg.log}

@@ -8,13 +8,13 @@ are pooled in the base model; a speaker model starts from the base and sees only
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from models.early_stopping import EarlyStopping
 from models.syncformer import StyleSyncFormer, velocity_loss, vertex_loss
 
 
@@ -105,8 +105,7 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     start = time.monotonic()
     first_val = evaluate(model, val or train, lips)
-    # the starting weights are a candidate too: with little data, training may never beat them
-    best, best_state, bad, step = first_val, copy.deepcopy(model.state_dict()), 0, 0
+    stopper, step = EarlyStopping(model, first_val, cfg.patience, higher_is_better=False), 0
     model.train()
     for step in range(1, cfg.steps + 1):
         picks = torch.randint(0, len(train), (cfg.batch,), generator=gen).tolist()
@@ -127,15 +126,11 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = evaluate(model, val or train, lips)
             cfg.log.append({"step": step, "loss": float(loss.detach()), "val_vertex": v, "seconds": time.monotonic() - start})
-            if v < best:
-                best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
+            if stopper.update(v):
+                break
         if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
             break
-    model.load_state_dict(best_state)
+    best = stopper.restore()
     model.eval()
     return {"steps": step, "seconds": time.monotonic() - start, "val_vertex_start": first_val, "val_vertex_best": best,
             "log": cfg.log}

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from catalogs.errors import ErrorClass, ResyncError
-from catalogs.settings import Settings
 from catalogs.storage import Storage
 from tasks import model_store
 from tasks.audio import envelope, load_audio
@@ -50,14 +49,10 @@ def test_reference_window_takes_the_liveliest_usable_stretch():
 # --- real clips -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, shared_data_or_none):
-    if shared_data_or_none is None:
-        pytest.skip("test media folder ../shared/data is absent")
-    root = tmp_path_factory.mktemp("dub")
-    settings = Settings(root=str(root / "root"), allowed_roots=[str(root), str(shared_data_or_none)])
-    storage = Storage(settings)
+def env(media_env):
+    settings, storage, data, root = media_env
     model = model_store.load_model(settings)
-    return settings, storage, model, model_store.features_for(settings, model), shared_data_or_none, root
+    return settings, storage, model, model_store.features_for(settings, model), data, root
 
 
 @pytest.fixture(scope="module")

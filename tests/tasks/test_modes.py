@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalogs.settings import Settings
-from catalogs.storage import Storage
 from tasks import model_store, modes
 from tasks.audio import load_audio
 from tasks.decode import VideoSource
@@ -16,17 +14,13 @@ from tasks.track import track_video
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, shared_data_or_none):
-    if shared_data_or_none is None:
-        pytest.skip("test media folder ../shared/data is absent")
-    root = tmp_path_factory.mktemp("modes")
-    settings = Settings(root=str(root / "root"), allowed_roots=[str(root), str(shared_data_or_none)])
-    storage = Storage(settings)
+def env(media_env):
+    settings, storage, data, root = media_env
     model = model_store.load_model(settings)
-    tracks = {n: track_video(storage, settings, str(shared_data_or_none / "videos" / n))
+    tracks = {n: track_video(storage, settings, str(data / "videos" / n))
               for n in ("speaker_map_5s.mp4", "speaker_glasses_5s.mp4", "address_man_long_60s.mp4",
                                    "address_woman_mpeg4_8s.mp4")}
-    return settings, storage, model, model_store.features_for(settings, model), shared_data_or_none, root, tracks
+    return settings, storage, model, model_store.features_for(settings, model), data, root, tracks
 
 
 def test_mouth_width_and_retarget_alignment(env):

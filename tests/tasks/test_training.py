@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from catalogs.settings import Settings
-from catalogs.storage import Storage
 from models.config import CPU
 from models.resyncer import ModelCard, ReSyncer
 from models.train_generator import GeneratorTraining, train_generator
@@ -23,14 +21,10 @@ from tasks.train import TrainingPlan, finetune_speaker, generator_data, prepare_
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory, shared_data_or_none):
-    if shared_data_or_none is None:
-        pytest.skip("test media folder ../shared/data is absent")
-    root = tmp_path_factory.mktemp("train")
-    settings = Settings(root=str(root / "root"), allowed_roots=[str(root), str(shared_data_or_none)])
-    storage = Storage(settings)
+def clip(media_env):
+    settings, storage, data, _ = media_env
     features = model_store.audio_features(settings)
-    uri = str(shared_data_or_none / "videos" / "speaker_map_5s.mp4")
+    uri = str(data / "videos" / "speaker_map_5s.mp4")
     return settings, storage, features, uri, prepare_clip(storage, settings, uri, CPU.generator.size, features)
 
 
