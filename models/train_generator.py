@@ -18,6 +18,7 @@ from models.early_stopping import EarlyStopping
 from models.generator import Generator
 from models.losses import (discriminator_adversarial, feature_matching, generator_adversarial, ms_ssim_loss,
                            r1_penalty, weighted_l1)
+from models.precision import autocast
 
 
 @dataclass
@@ -99,15 +100,6 @@ def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torc
     return float(torch.cat(scores).mean())
 
 
-def _autocast(enabled: bool, device: str = "cpu"):
-    """bfloat16 on CPUs with AVX512-BF16 (else off), float16 AMP on CUDA."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.float16, enabled=enabled)
-    ok = enabled and torch.backends.mkldnn.is_available() and hasattr(torch.cpu, "_is_avx512_bf16_supported") \
-        and torch.cpu._is_avx512_bf16_supported()
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(ok))
-
-
 def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: GeneratorTraining,
                     perceptual: torch.nn.Module | None = None) -> dict:
     """Train in place; keeps the best held-out weights. Returns a summary with the metric history.
@@ -136,7 +128,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         r = references(data, i, gen, train_idx)
         real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
         adversarial = step > cfg.adv_start
-        with _autocast(cfg.amp, dev):
+        with autocast(torch.device(dev), cfg.amp):
             fake = g(mesh, masked_input(real, mask), data.crops[r].to(dev)).float()
         loss = weighted_l1(fake, real, mask, cfg.mouth_weight) + cfg.ssim_weight * ms_ssim_loss(fake, real)
         if perceptual is not None:
