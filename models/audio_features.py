@@ -515,15 +515,22 @@ class FeatureCache:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "features"
         return self.folder / slug / f"{self.key(samples, name)}.npy"
 
+    @staticmethod
+    def _read(target: Path) -> np.ndarray | None:
+        """The cached features, or None when absent or unreadable (then they are recomputed and rewritten)."""
+        if not target.is_file():
+            return None
+        try:
+            cached = np.load(target, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        return cached if cached.ndim == 2 and cached.dtype == np.float32 else None
+
     def get_or_compute(self, samples: np.ndarray, extractor: AudioFeatures) -> np.ndarray:
         target = self.path(samples, extractor.name)
-        if target.is_file():
-            try:
-                cached = np.load(target, allow_pickle=False)
-                if cached.ndim == 2 and cached.dtype == np.float32:
-                    return cached
-            except (OSError, ValueError, EOFError):
-                pass  # unreadable: recompute and overwrite
+        cached = self._read(target)
+        if cached is not None:
+            return cached
         feats = np.ascontiguousarray(extractor(samples), dtype=np.float32)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem[:16]}.", suffix=".tmp")
