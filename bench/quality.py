@@ -19,6 +19,12 @@ correlation with the ground truth (re-tracked), audio-visual offset (frames) and
 
 A leave-one-speaker-out table follows: the Style-SyncFormer trained on every clip but one, its
 mouth-opening correlation on the one left out, next to ridge regression on the same features.
+Then one row per other mode with the base model: video-driven (speaker_map_5s driven by
+speaker_glasses_5s: correlation of the re-tracked output's mouth opening with the driver's and with
+the original's) and style transfer (one audio spoken in a lively and a calm speaker's style: ratio
+of predicted mouth-opening amplitudes next to the ratio of the sources' own).
+
+    python -m bench.quality --sections modes      # only the modes rows (about a minute)
 """
 
 from __future__ import annotations
@@ -240,34 +246,8 @@ def leave_one_speaker_out(clips: list[PreparedClip], tracks: list, base: ReSynce
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", nargs="*", default=None, help="clip names in ../shared/data/videos (default: all)")
-    ap.add_argument("--model", default=None, help="base model folder (default: the bundled base)")
-    ap.add_argument("--sync-seconds", type=float, default=20.0, help="per-speaker Style-SyncFormer budget")
-    ap.add_argument("--gen-seconds", type=float, default=60.0, help="per-speaker generator budget")
-    ap.add_argument("--loso-seconds", type=float, default=40.0, help="Style-SyncFormer budget per left-out speaker (0: skip)")
-    ap.add_argument("--fit-fraction", type=float, default=0.7)
-    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".work" / "bench-root"),
-                    help="storage root for cached tracks and features")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    settings = Settings(root=args.root, allowed_roots=[str(SHARED), args.root])
-    storage = Storage(settings)
-    base = model_store.load_model(settings, args.model)
-    features, cache = model_store.features_for(settings, base), model_store.feature_cache(settings)
-    names = args.clips or sorted(p.name for p in (SHARED / "videos").glob("*.mp4"))
-    plan = finetune_plan(base.config.name)
-    plan.syncformer.time_budget_s, plan.generator.time_budget_s = args.sync_seconds, args.gen_seconds
-    identity = FaceIdentity()
-    started = time.perf_counter()
-    per_clip: dict[str, dict] = {}
-    for name in names:
-        console.print(f"[bold]{name}[/bold]: fine-tune on the first {args.fit_fraction:.0%}, dub the rest ...")
-        scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache, plan,
-                                  args.fit_fraction, identity)
-        per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
-
+def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, args: argparse.Namespace) -> None:
+    """The mean table over clips and the per-clip table."""
     t = Table(title=f"quality on the last {1 - args.fit_fraction:.0%} of each clip (base {base.version}, per-speaker "
                     f"budget {args.sync_seconds:.0f}+{args.gen_seconds:.0f} s CPU); mean over {len(names)} clips")
     for col in ("method", "LMD px ↓", "lower PSNR ↑", "lower SSIM ↑", "opening corr ↑", "|AV offset| ↓", "AV conf ↑",
@@ -291,8 +271,73 @@ def main() -> None:
                     f"{i['mesh_opening_corr']:.3f}")
     console.print(per)
 
+
+
+def mode_rows(storage: Storage, settings: Settings, model: ReSyncer, features, cache, scratch: Path) -> list[dict]:
+    """Video-driven and style-transfer rows (DESIGN section 2: the same weights, rewired inputs)."""
+    from tasks import modes
+    from tasks.lipsync import DubInputs, dub
+    from tasks.track import track_video
+
+    videos = SHARED / "videos"
+    tracks = {n: track_for(storage, settings, str(videos / n)) for n in
+              ("speaker_map_5s.mp4", "speaker_glasses_5s.mp4", "address_woman_mpeg4_8s.mp4", "address_man_long_60s.mp4")}
+    target, driver = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    out = str(scratch / "driven.mp4")
+    dub(storage, settings, str(videos / "speaker_map_5s.mp4"),
+        DubInputs(str(videos / "speaker_glasses_5s.mp4"), displacements=modes.retarget(driver, target)), out, model,
+        features, target)
+    got = mouth_opening(track_video(storage, settings, out).smoothed)
+    drv = np.interp(target.timestamps, driver.timestamps, mouth_opening(driver.smoothed))
+    rows = [{"mode": "video-driven (map <- glasses): opening corr", "with driver": corr(got, drv),
+             "with original": corr(got, mouth_opening(target.smoothed))}]
+    lively, calm = "address_woman_mpeg4_8s.mp4", "address_man_long_60s.mp4"
+    amp, own = {}, {}
+    for n in (lively, calm):
+        style = modes.style_from_track(tracks[n], model.config.syncformer.style_window)
+        r = dub(storage, settings, str(videos / "speaker_map_5s.mp4"),
+                DubInputs(str(SHARED / "audio" / "english_vlog_10s.wav"), style_displacements=style),
+                str(scratch / f"style-{n}"), model, features, target, cache)
+        amp[n], own[n] = float(np.std(r.predicted_opening)), float(np.nanstd(mouth_opening(tracks[n].canonical())))
+    rows.append({"mode": "style transfer (woman_mpeg4 / man_long)", "amplitude ratio": amp[lively] / amp[calm],
+                 "sources' own ratio": own[lively] / own[calm]})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", nargs="*", default=None, help="clip names in ../shared/data/videos (default: all)")
+    ap.add_argument("--model", default=None, help="base model folder (default: the bundled base)")
+    ap.add_argument("--sync-seconds", type=float, default=20.0, help="per-speaker Style-SyncFormer budget")
+    ap.add_argument("--gen-seconds", type=float, default=60.0, help="per-speaker generator budget")
+    ap.add_argument("--loso-seconds", type=float, default=40.0, help="Style-SyncFormer budget per left-out speaker (0: skip)")
+    ap.add_argument("--fit-fraction", type=float, default=0.7)
+    ap.add_argument("--sections", default="quality,loso,modes", help="comma-separated tables to run: quality, loso, modes")
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".work" / "bench-root"),
+                    help="storage root for cached tracks and features")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    settings = Settings(root=args.root, allowed_roots=[str(SHARED), args.root])
+    storage = Storage(settings)
+    base = model_store.load_model(settings, args.model)
+    features, cache = model_store.features_for(settings, base), model_store.feature_cache(settings)
+    names = args.clips or sorted(p.name for p in (SHARED / "videos").glob("*.mp4"))
+    sections = set(args.sections.split(","))
+    plan = finetune_plan(base.config.name)
+    plan.syncformer.time_budget_s, plan.generator.time_budget_s = args.sync_seconds, args.gen_seconds
+    identity = FaceIdentity()
+    started = time.perf_counter()
+    per_clip: dict[str, dict] = {}
+    for name in names if "quality" in sections else []:
+        console.print(f"[bold]{name}[/bold]: fine-tune on the first {args.fit_fraction:.0%}, dub the rest ...")
+        scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache, plan,
+                                  args.fit_fraction, identity)
+        per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
+    if per_clip:
+        report_quality(per_clip, names, base, args)
+
     loso = []
-    if args.loso_seconds > 0:
+    if args.loso_seconds > 0 and "loso" in sections:
         console.print("[bold]leave-one-speaker-out[/bold] (Style-SyncFormer vs ridge on the same features) ...")
         uris = [str(SHARED / "videos" / n) for n in names]
         tracks = [track_for(storage, settings, u) for u in uris]
@@ -306,9 +351,21 @@ def main() -> None:
         lt.add_row("mean", f"{np.nanmean([r['syncformer_corr'] for r in loso]):.3f}",
                    f"{np.nanmean([r['ridge_corr'] for r in loso]):.3f}")
         console.print(lt)
+    mode_results = []
+    if "modes" in sections:
+        console.print("[bold]other modes[/bold] with the base model ...")
+        scratch = Path(args.root) / "bench-modes"
+        scratch.mkdir(parents=True, exist_ok=True)
+        mode_results = mode_rows(storage, settings, base, features, cache, scratch)
+        mt = Table(title="video-driven lip sync and style transfer (base model)")
+        mt.add_column("mode")
+        mt.add_column("measure", justify="right")
+        for r in mode_results:
+            mt.add_row(r["mode"], ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "mode"))
+        console.print(mt)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "loso": loso,
+    out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "loso": loso, "modes": mode_results,
                                "wall_s": time.perf_counter() - started}, indent=2, default=float))
     console.print(f"results: {out} ({time.perf_counter() - started:.0f} s)")
 
