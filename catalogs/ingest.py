@@ -87,6 +87,30 @@ class CatalogIngest:
         self._record_rejects(report)
         return report
 
+    def refresh(self, items: set[tuple[str, str]]) -> IngestReport:
+        """Re-probe the files behind catalog rows of these (video_id, language) items, for
+        reprocessing after someone replaced a file: changed files get new probes and hashes (so new
+        input keys), unchanged ones are not read again. A file that is still bad keeps its old row
+        and is recorded as a reject."""
+        report = IngestReport()
+        vids = {v for v, _ in items}
+        videos = [r for r in self.tables.read(VIDEOS_TABLE).to_pylist() if r["video_id"] in vids]
+        todo = []
+        for n, r in enumerate(videos, 1):
+            row = ListingRow(n, {"video_id": r["video_id"], "uri": r["uri"], "speaker_id": r["speaker_id"], "title": r["title"]})
+            todo.append((row, r["video_id"], partial(self._video_record, row, r["uri"], r)))
+        self._upsert(VIDEOS_TABLE, self._probe_all("video", todo, "videos", "catalog refresh", report), ["video_id"], report)
+        requests = [r for r in self.tables.read(REQUESTS_TABLE).to_pylist() if (r["video_id"], r["language"]) in items]
+        todo = []
+        for n, r in enumerate(requests, 1):
+            row = ListingRow(n, {"video_id": r["video_id"], "language": r["language"], "audio_uri": r["audio_uri"],
+                                 "script": r["script"]})
+            todo.append((row, f"{r['video_id']}/{r['language']}", partial(self._request_record, row, r["audio_uri"], r)))
+        self._upsert(REQUESTS_TABLE, self._probe_all("request", todo, "requests", "catalog refresh", report),
+                     ["video_id", "language"], report)
+        self._record_rejects(report)
+        return report
+
     # --- videos --------------------------------------------------------------------------
     def _video_rows(self, listing: str, report: IngestReport) -> list[dict]:
         existing = {r["video_id"]: r for r in self.tables.read(VIDEOS_TABLE).to_pylist()}

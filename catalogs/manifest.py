@@ -51,6 +51,10 @@ class DubManifest:
         return self.tables.append(DUBS_TABLE, table, {"run_id": run_id, "shard_id": shard_id, "resync_op": "commit-shard"},
                                   txn=(f"{run_id}/{shard_id}", 1))
 
+    def shard_committed(self, run_id: str, shard_id: str) -> bool:
+        """Whether (run, shard) already committed: a retried shard task then has nothing to do."""
+        return (self.tables.open(DUBS_TABLE).transaction_version(f"{run_id}/{shard_id}") or 0) >= 1
+
     def upsert_attempts(self, run_id: str, rows: pa.Table | list[dict]) -> int:
         """Merge attempts keyed by (video_id, language, input_key, attempt): new ones are inserted,
         ones already present are left as committed. For reprocessing, where a retry may overlap."""

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalogs.delta import DeltaTables
+from catalogs.errors import ErrorClass
 from catalogs.registry import ModelRegistry
 from catalogs.schemas import DUBS_TABLE, REQUESTS_TABLE, VIDEOS_TABLE
 
@@ -35,6 +36,12 @@ class PlannedItem:
     audio_uri: str
     base_model_version: str
     speaker_model_version: str | None
+    video_sha256: str = ""
+
+    @property
+    def model_version(self) -> str:
+        """The model that dubs this item: the speaker's own when one is registered, else the base."""
+        return self.speaker_model_version or self.base_model_version
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,20 @@ class Shard:
     items: tuple[PlannedItem, ...]
 
 
-def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | None = None) -> list[PlannedItem]:
-    """Pending items, sorted by (video_id, language). Columnar reads, then one pass in Python."""
+# Failures worth retrying on the next nightly run without anyone asking: the input may be fine.
+TRANSIENT_ERRORS = frozenset({ErrorClass.STORAGE_ERROR, ErrorClass.INTERNAL, ErrorClass.MODEL_ERROR})
+
+
+def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | None = None,
+               retry_failed: bool = False, only: set[tuple[str, str]] | None = None,
+               max_attempts: int = 3) -> list[PlannedItem]:
+    """Pending items, sorted by (video_id, language). Columnar reads, then one pass in Python.
+
+    An ``input_key`` that already failed is planned again only when its failures were transient
+    (storage, model, internal) and fewer than ``max_attempts``, or when ``retry_failed`` asks for it
+    (reprocessing); a corrupt video is not re-decoded every night. ``only`` restricts the plan to
+    given (video_id, language) pairs.
+    """
     videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"])
     requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256"])
     if languages:
@@ -55,18 +74,23 @@ def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | N
     cols = {c: joined[c].to_pylist() for c in ("video_id", "language", "audio_uri", "audio_sha256", "uri", "speaker_id", "sha256")}
 
     base, speakers = ModelRegistry(tables).versions_by_speaker()
-    dubs = tables.read(DUBS_TABLE, columns=["input_key", "status"])
+    dubs = tables.read(DUBS_TABLE, columns=["input_key", "status", "error_class"])
     done = set(pc.unique(dubs.filter(pc.equal(dubs["status"], "succeeded"))["input_key"]).to_pylist())
     counts = pc.value_counts(dubs["input_key"])
     tried = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
+    failed = dubs.filter(pc.equal(dubs["status"], "failed"))
+    permanent = set(failed.filter(pc.invert(pc.is_in(failed["error_class"], pa.array(sorted(TRANSIENT_ERRORS)))))["input_key"].to_pylist())
 
     items = []
     for vid, lang, audio_uri, audio_sha, uri, speaker, video_sha in zip(*cols.values()):
         speaker_version = speakers.get(speaker)
         key = input_key(video_sha, audio_sha, f"{base}+{speaker_version or '-'}", render_config)
-        if key in done:
+        if key in done or (only is not None and (vid, lang) not in only):
             continue
-        items.append(PlannedItem(vid, lang, key, tried.get(key, 0) + 1, speaker, uri, audio_uri, base, speaker_version))
+        if not retry_failed and (key in permanent or tried.get(key, 0) >= max_attempts):
+            continue
+        items.append(PlannedItem(vid, lang, key, tried.get(key, 0) + 1, speaker, uri, audio_uri, base, speaker_version,
+                                 video_sha))
     return items
 
 

@@ -63,6 +63,22 @@ class Settings(BaseSettings):
 
     # --- orchestration -------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray cluster; None: all of this machine's.")
+    ray_temp_dir: str | None = Field(None, description="Session folder of the embedded Ray cluster; None: .work/ray in the code checkout "
+                                     "(short, so Ray's socket paths fit).")
+    tracking_actors: int = Field(1, ge=1, description="Actors in the tracking pool (MediaPipe on CPU).")
+    tracking_actor_cpus: float = Field(0.5, gt=0, description="CPUs Ray reserves per tracking actor (fractional, so pools share cores).")
+    dubbing_actors: int = Field(1, ge=1, description="Actors in the dubbing pool (dynamics, render, composite, encode).")
+    dubbing_actor_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per dubbing actor when it runs on CPU.")
+    dubbing_actor_gpus: float = Field(1.0, gt=0, description="GPUs per dubbing actor when the cluster has GPUs (fractions share one).")
+    dubbing_threads: int | None = Field(None, ge=1, description="Torch threads per dubbing actor on CPU; None: this node's cores "
+                                        "divided among the dubbing actors.")
+    actor_max_restarts: int = Field(3, ge=0, description="Restarts of a crashed actor before its pool replaces it.")
+    item_retries: int = Field(2, ge=0, description="Retries of an item whose actor crashed mid-item (a committed item is never redone).")
+    shard_retries: int = Field(2, ge=0, description="Prefect retries of a shard task that raised (e.g. the manifest commit failed).")
+    shard_timeout_s: float = Field(6 * 3600.0, gt=0, description="Prefect timeout of one shard task, seconds.")
+    shards_in_flight: int = Field(2, ge=1, description="Shard tasks running at once (they share the actor pools).")
+    max_attempts: int = Field(3, ge=1, description="Attempts at an input_key before nightly runs stop retrying its transient failures.")
     prefect_api_url: str | None = Field(None, description="Prefect API URL; None uses Prefect's ephemeral API.")
 
     # --- models (local paths only: nothing is downloaded at run time) --------------------

@@ -180,6 +180,10 @@ from flows.cli_models import register as _register_model_commands  # noqa: E402 
 
 _register_model_commands(app)
 
+from flows.cli_run import run_app  # noqa: E402
+
+app.add_typer(run_app, name="run")
+
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from catalogs.delta import DeltaTables
 from catalogs.errors import ErrorClass, ResyncError
+from catalogs.registry import ModelRecord, ModelRegistry
 from catalogs.settings import Settings
-from catalogs.storage import is_s3
+from catalogs.storage import Storage, is_s3
 from models.audio_features import AudioFeatures, FeatureCache, make_features
 from models.checkpoint import CheckpointError
 from models.resyncer import ReSyncer
 
 BUNDLED_BASE = Path(__file__).resolve().parents[1] / "models" / "weights" / "base-cpu"
+BUNDLED_SCHEME = "bundled://"      # registry URI of a model shipped inside the code (same path on every node)
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "MODEL_CARD.md", "training_log.json")
 
 
 def bundled_whisper_dir() -> str | None:
@@ -74,6 +79,60 @@ def load_model(settings: Settings, override: str | os.PathLike | None = None) ->
         raise ResyncError(ErrorClass.MODEL_ERROR, f"cannot load the model in {folder}: {e}") from e
 
 
+def local_model_dir(storage: Storage, settings: Settings, uri: str) -> Path:
+    """A registry URI as a local checkpoint folder: bundled models by name, local folders as they are,
+    S3 folders downloaded once into a local cache keyed by the folder (versions never change in place)."""
+    if uri.startswith(BUNDLED_SCHEME):
+        name = uri[len(BUNDLED_SCHEME):]
+        if "/" in name or name in ("", ".", ".."):
+            raise ResyncError(ErrorClass.MODEL_ERROR, f"bad bundled model name in {uri!r}")
+        return BUNDLED_BASE.parent / name
+    if not is_s3(uri):
+        return Path(uri).expanduser()
+    cache = Path(settings.feature_cache_dir or tempfile.gettempdir()) / "resync-models" / uri.split("://", 1)[1].replace("/", "_")
+    if (cache / "model.safetensors").is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache.parent))
+    try:
+        for name in CHECKPOINT_FILES:
+            src = f"{uri.rstrip('/')}/{name}"
+            if storage.exists(src):
+                (part / name).write_bytes(storage.read_bytes(src))
+        if not (part / "model.safetensors").is_file():
+            raise ResyncError(ErrorClass.MODEL_ERROR, f"no model.safetensors under {uri}")
+        if not cache.exists():          # another worker on this node may have won the race
+            os.replace(part, cache)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return cache
+
+
+def publish_model(storage: Storage, folder: str | os.PathLike, uri: str) -> None:
+    """Copy a saved checkpoint folder to its registry URI (model.safetensors last: a folder with
+    weights is complete)."""
+    folder = Path(folder)
+    names = [n for n in CHECKPOINT_FILES if (folder / n).is_file() and n != "model.safetensors"] + ["model.safetensors"]
+    for name in names:
+        storage.put_file(folder / name, f"{uri.rstrip('/')}/{name}")
+
+
+def ensure_base_model(tables: DeltaTables, settings: Settings) -> dict:
+    """The newest registered base model; registers the configured (or bundled) one when the
+    registry has none, so that a fresh catalog can be dubbed at once."""
+    registry = ModelRegistry(tables)
+    current = registry.latest(None)
+    if current is not None:
+        return current
+    folder = model_dir(settings)
+    uri = f"{BUNDLED_SCHEME}{folder.name}" if folder.resolve().parent == BUNDLED_BASE.parent else str(folder.resolve())
+    model = load_model(settings, folder)
+    registry.register(ModelRecord(model_id=f"base-{model.config.name}-{model.version}", kind="bundle",
+                                  version=model.version, uri=uri, parent=model.card.parent,
+                                  training_data=list(model.card.training_data or [])))
+    return registry.latest(None)
+
+
 def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
     """The extractor the model was trained on, configured from settings; refuses a different one."""
     wanted = model.card.audio_features
@@ -86,4 +145,4 @@ def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
 
 
 __all__ = ["BUNDLED_BASE", "bundled_whisper_dir", "audio_features", "feature_cache", "load_model", "features_for",
-           "model_dir"]
+           "model_dir", "local_model_dir", "publish_model", "ensure_base_model"]

@@ -52,12 +52,22 @@ def test_plan_is_deterministic_and_skips_successes(catalog: DeltaTables):
     assert [i.language for i in plan_items(catalog, "cpu", ["fr"])] == ["fr"] * 3
 
     m = DubManifest(catalog)
+    # address/fr failed for a reason in the input (not retried nightly), glasses/fr for a storage hiccup
+    failure = {"address": ("decode_error", "truncated"), "glasses": ("storage_error", "timeout")}
     rows = [dict(run_id="r1", shard_id=shards[0].shard_id, video_id=i.video_id, language=i.language, attempt=1,
-                 input_key=i.input_key, status="succeeded" if i.language == "de" else "failed") for i in shards[0].items]
+                 input_key=i.input_key, status="succeeded" if i.language == "de" else "failed",
+                 error_class=None if i.language == "de" else failure[i.video_id][0],
+                 error=None if i.language == "de" else failure[i.video_id][1]) for i in shards[0].items]
     m.commit_shard("r1", shards[0].shard_id, rows)
     left = plan_items(catalog, "cpu")
     assert [(i.video_id, i.language, i.attempt) for i in left] == [
-        ("address", "fr", 2), ("glasses", "fr", 2), ("map", "de", 1), ("map", "fr", 1)]
+        ("glasses", "fr", 2), ("map", "de", 1), ("map", "fr", 1)]
+    # reprocessing asks for failures explicitly, and may restrict the plan to some items
+    again = plan_items(catalog, "cpu", retry_failed=True, only={("address", "fr"), ("glasses", "fr")})
+    assert [(i.video_id, i.language, i.attempt) for i in again] == [("address", "fr", 2), ("glasses", "fr", 2)]
+    assert all(len(i.video_sha256) == 64 for i in again)
+    # a transient failure stops being retried nightly after max_attempts
+    assert [(i.video_id, i.language) for i in plan_items(catalog, "cpu", max_attempts=1)] == [("map", "de"), ("map", "fr")]
     # another render configuration is another input: everything is pending again
     assert len(plan_items(catalog, "full")) == 6
 

@@ -1,0 +1,45 @@
+"""The nightly localization run: dub every (video, language) whose inputs have no success yet."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from catalogs.delta import DeltaTables
+from catalogs.plan import Shard, plan_items
+from catalogs.runs import RunLog, new_run_id
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from flows.dubbing import RunSummary, dub_shards, finish_run, flow_settings, notify, plan_shards
+from tasks.model_store import ensure_base_model
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan(settings: Settings, run_id: str, languages: list[str] | None, limit: int | None) -> list[Shard]:
+    """Pending items (only input keys without a success), in deterministic shards; records the run."""
+    tables = DeltaTables(Storage(settings))
+    ensure_base_model(tables, settings)
+    items = plan_items(tables, settings.render_config, languages, max_attempts=settings.max_attempts)
+    shards = plan_shards(items, settings, limit)
+    RunLog(tables).start("nightly", {"languages": languages, "limit": limit, "shard_size": settings.shard_size,
+                                     "render_config": settings.render_config}, run_id)
+    get_run_logger().info("run %s: %d pending items in %d shards", run_id, sum(len(s.items) for s in shards), len(shards))
+    notify("planned", {"items": sum(len(s.items) for s in shards), "shards": len(shards)})
+    return shards
+
+
+@flow(name="nightly_localization")
+def nightly_localization(root: str | None = None, languages: list[str] | None = None, shard_size: int | None = None,
+                         limit: int | None = None, ray_address: str | None = None) -> RunSummary:
+    """Plan, fan the shards out to the Ray actor pools, commit each shard, report."""
+    started = time.monotonic()
+    settings = flow_settings(root=root, shard_size=shard_size, ray_address=ray_address)
+    run_id = new_run_id("nightly")
+    shards = plan(settings, run_id, languages, limit)
+    failed_shards = dub_shards(settings, run_id, shards)
+    summary = finish_run(settings, "nightly", run_id, sum(len(s.items) for s in shards), failed_shards, started)
+    if failed_shards:
+        raise RuntimeError(f"{len(failed_shards)} shard(s) failed after retries; their items stay pending: {failed_shards}")
+    return summary

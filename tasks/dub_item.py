@@ -1,0 +1,138 @@
+"""One catalog item's work as a manifest row: what the tracking and dubbing actors call.
+
+No orchestration here (no Prefect, no Ray): plain functions that take storage, settings and a job,
+never raise for a bad item, and return the row the shard commits. Errors we understand become their
+class (``ResyncError``); anything else is ``internal`` with the exception's text, so one bad item
+never fails its shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.plan import PlannedItem
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from models.audio_features import AudioFeatures
+from models.resyncer import ReSyncer
+from tasks import model_store
+from tasks.lipsync import DubInputs, DubResult, dub
+from tasks.track import track_cached
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemJob:
+    """One item to dub: small enough to cross the object store (paths and ids, never media)."""
+
+    item: PlannedItem
+    run_id: str
+    shard_id: str
+    model_uri: str
+    output_uri: str
+    render_config: str
+
+
+@dataclass(frozen=True)
+class TrackOutcome:
+    """A video's track artifact, or why it could not be tracked (then all its items fail so)."""
+
+    video_sha256: str
+    artifact_uri: str | None
+    seconds: float
+    reused: bool = False
+    error_class: str | None = None
+    error: str | None = None
+
+
+def track_item(storage: Storage, settings: Settings, video_uri: str, video_sha256: str) -> TrackOutcome:
+    """Track a catalog video once per content hash (the artifact is cached in storage)."""
+    t = time.perf_counter()
+    try:
+        _, art, reused = track_cached(storage, settings, video_uri, video_sha256)
+        return TrackOutcome(video_sha256, art, time.perf_counter() - t, reused)
+    except ResyncError as e:
+        return TrackOutcome(video_sha256, None, time.perf_counter() - t, error_class=str(e.error_class), error=e.reason)
+    except Exception as e:  # noqa: BLE001 - an unknown failure is recorded as internal, never raised
+        log.error("tracking %s failed:\n%s", video_uri, traceback.format_exc())
+        return TrackOutcome(video_sha256, None, time.perf_counter() - t, error_class=str(ErrorClass.INTERNAL),
+                            error=f"{type(e).__name__}: {e}")
+
+
+@dataclass
+class ModelCache:
+    """Models kept in memory across items (by version), with their audio feature extractors."""
+
+    storage: Storage
+    settings: Settings
+    loaded: dict[str, tuple[ReSyncer, AudioFeatures]] = field(default_factory=dict)
+
+    def get(self, uri: str) -> tuple[ReSyncer, AudioFeatures]:
+        if uri not in self.loaded:
+            folder = model_store.local_model_dir(self.storage, self.settings, uri)
+            model = model_store.load_model(self.settings, folder)
+            self.loaded[uri] = (model, model_store.features_for(self.settings, model))
+        return self.loaded[uri]
+
+
+def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCache) -> dict:
+    """Dub one item and publish its output; returns its manifest row (succeeded or failed).
+
+    An output already published under this ``input_key`` (by an attempt that crashed before its
+    shard committed) is complete, since outputs are published atomically: it is reused, not redone.
+    """
+    it = job.item
+    t0 = time.perf_counter()
+    try:
+        if storage.exists(job.output_uri):
+            return row(job, "succeeded", output_sha256=storage.sha256(job.output_uri),
+                       stage_seconds={"reused_output_s": time.perf_counter() - t0})
+        model, features = models.get(job.model_uri)
+        track, _, _ = track_cached(storage, settings, it.video_uri, it.video_sha256)
+        t = time.perf_counter()
+        result = dub(storage, settings, it.video_uri, DubInputs(it.audio_uri), job.output_uri, model, features, track,
+                     model_store.feature_cache(settings))
+        timings = {**result.timings, "load_s": t - t0}
+        return row(job, "succeeded", output_sha256=storage.sha256(job.output_uri), stage_seconds=timings, qa=dub_qa(result))
+    except ResyncError as e:
+        return row(job, "failed", error_class=str(e.error_class), error=e.reason,
+                   stage_seconds={"total_s": time.perf_counter() - t0})
+    except Exception as e:  # noqa: BLE001 - see the module docstring
+        log.error("dubbing %s/%s failed:\n%s", it.video_id, it.language, traceback.format_exc())
+        return row(job, "failed", error_class=str(ErrorClass.INTERNAL), error=f"{type(e).__name__}: {e}",
+                   stage_seconds={"total_s": time.perf_counter() - t0})
+
+
+def dub_qa(result: DubResult) -> dict[str, float]:
+    """The metrics every dub carries from the dubbing itself (the QA flow adds the rest)."""
+    return {"frames": float(result.frames), "face_coverage": result.rendered_frames / max(result.frames, 1),
+            "audio_overhang_s": result.audio_overhang_s, "video_seconds": result.video_seconds,
+            "audio_seconds": result.audio_seconds}
+
+
+def row(job: ItemJob, status: str, *, error_class: str | None = None, error: str | None = None,
+        output_sha256: str | None = None, stage_seconds: dict[str, float] | None = None,
+        qa: dict[str, float] | None = None) -> dict:
+    """A manifest row (DESIGN section 4) for this job."""
+    it = job.item
+    return {"run_id": job.run_id, "shard_id": job.shard_id, "video_id": it.video_id, "language": it.language,
+            "attempt": it.attempt, "input_key": it.input_key, "status": status, "error_class": error_class,
+            "error": error, "output_uri": job.output_uri if status == "succeeded" else None,
+            "output_sha256": output_sha256, "base_model_version": it.base_model_version,
+            "speaker_model_version": it.speaker_model_version, "render_config": job.render_config,
+            "stage_seconds": {k: float(v) for k, v in (stage_seconds or {}).items()},
+            "qa": {k: float(v) for k, v in (qa or {}).items()}, "created_at": datetime.now(timezone.utc)}
+
+
+def output_uri(storage: Storage, item: PlannedItem) -> str:
+    """Where an item's dub is published (DESIGN section 4)."""
+    return storage.uri("outputs", item.language, item.video_id, f"{item.input_key}.mp4")
+
+
+__all__ = ["ItemJob", "TrackOutcome", "ModelCache", "track_item", "dub_item", "row", "output_uri"]
