@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.bootstrapped
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: test demo bench bench-scale bench-track bench-quality lock clean
+.PHONY: test demo bench bench-scale bench-track bench-quality bench-throughput lock clean
 
 $(STAMP): pyproject.toml requirements.in requirements.lock infra/bootstrap.sh
 	bash infra/bootstrap.sh
@@ -17,7 +17,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
-bench: bench-scale bench-track bench-quality
+bench: bench-scale bench-track bench-quality bench-throughput
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale $(BENCH_ARGS)
@@ -39,3 +39,6 @@ bench-track: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(PY) -m bench.quality $(BENCH_ARGS)
+
+bench-throughput: $(STAMP)
+	$(PY) -m bench.throughput $(BENCH_ARGS)

@@ -56,7 +56,7 @@ def _progress() -> tuple[Progress, Callable[[str, dict], None]]:
     return bar, listen
 
 
-def _dubbing_run(flow, as_json: bool, **params) -> None:
+def dubbing_run(flow, as_json: bool, **params) -> None:
     from flows import dubbing
 
     bar, listen = _progress()
@@ -97,7 +97,7 @@ def nightly(
     _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url, shard_size=shard_size)
     from flows.nightly import nightly_localization
 
-    _dubbing_run(nightly_localization, as_json, languages=languages or None, limit=limit)
+    dubbing_run(nightly_localization, as_json, languages=languages or None, limit=limit)
 
 
 @run_app.command("reprocess")
@@ -112,7 +112,7 @@ def reprocess(
     _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url)
     from flows.reprocess import reprocess_failed
 
-    _dubbing_run(reprocess_failed, as_json, run=run, error_class=error_class, language=language)
+    dubbing_run(reprocess_failed, as_json, run=run, error_class=error_class, language=language)
 
 
 def _training_run(flow, as_json: bool, **params) -> None:

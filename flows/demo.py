@@ -1,25 +1,26 @@
-"""``make demo``: build a small demo catalog, ingest it, plan the nightly run and dub every planned
-item with the bundled base model, on embedded defaults.
+"""``make demo``: build a small demo catalog, ingest it and run the nightly flow on embedded defaults
+(Prefect's ephemeral API, a local Ray cluster on 127.0.0.1, the storage root on the local disk),
+with the bundled base model.
 
 Uses real clips from ../shared/data when that folder is there; otherwise makes its own media: a
 still portrait shipped by scikit-image as a 5 s video, and speech from espeak-ng in two languages.
-The dubbing here is the single-item path (``resync dub``) run item by item; the orchestrated
-nightly flow (Prefect + Ray, manifest commits) is not built yet.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from catalogs.delta import DeltaTables
 from catalogs.ingest import CatalogIngest
-from catalogs.plan import make_shards, plan_items
-from catalogs.registry import ModelRecord, ModelRegistry
+from catalogs.manifest import DubManifest
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 
@@ -77,6 +78,8 @@ def write_listings(folder: Path, videos: dict[str, tuple[Path, str]], audio: dic
 
 
 def main() -> None:
+    os.environ.setdefault("PREFECT_HOME", str(REPO / ".work" / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = Settings()
     root = Path(settings.root).resolve()
     demo = root / "demo-inputs"
@@ -89,69 +92,36 @@ def main() -> None:
             raise SystemExit("espeak-ng is missing: run `make demo`, which installs it")
         videos, audio = synthesize_media(demo / "media")
         source = "a still portrait (scikit-image) and espeak-ng speech"
-    settings = Settings(allowed_roots=[*settings.allowed_roots, str(SHARED), str(demo)])
+    allowed = [*settings.allowed_roots, str(SHARED), str(demo)]
+    os.environ["RESYNC_ALLOWED_ROOTS"] = json.dumps(allowed)
+    settings = Settings(allowed_roots=allowed)
     vfile, rfile = write_listings(demo, videos, audio)
     console.print(f"[bold]demo catalog[/bold]: {len(videos)} videos x {len(audio)} languages from {source}")
-
-    storage = Storage(settings)
-    report = CatalogIngest(storage).run(str(vfile), str(rfile))
+    report = CatalogIngest(Storage(settings)).run(str(vfile), str(rfile))
     for r in report.rejects:
         console.print(f"[red]rejected[/red] {r.listing} row {r.row_number} ({r.item}): {r.error_class}: {r.reason}")
-    tables = DeltaTables(storage)
-    register_bundled_base(tables)
-    items = plan_items(tables, settings.render_config)
-    shards = make_shards(items, settings.shard_size)
-    console.print(f"catalog tables: {storage.uri('catalog')}  (inspect: resync catalog show --root {settings.root})")
-    console.print(f"manifest:       {storage.uri('manifests', 'dubs')}")
-    console.print(f"plan:           {len(items)} pending (video, language) items in {len(shards)} shard(s)")
-    for it in items:
-        console.print(f"  {it.video_id:>10} -> {it.language}  input_key {it.input_key[:12]}  attempt {it.attempt}")
-    dub_items(storage, settings, items)
+
+    from flows.cli_run import dubbing_run
+    from flows.nightly import nightly_localization
+
+    try:
+        dubbing_run(nightly_localization, False)
+    except typer.Exit as e:
+        if e.exit_code not in (0, 3):
+            raise SystemExit(e.exit_code)
+    show_results(settings)
 
 
-def register_bundled_base(tables: DeltaTables) -> str:
-    """Put the bundled base model in the registry (once), so plans key on its version."""
-    from tasks.model_store import BUNDLED_BASE, load_model
-
-    model = load_model(Settings(), BUNDLED_BASE)
-    registry = ModelRegistry(tables)
-    if not any(r["version"] == model.version for r in registry.models()):
-        registry.register(ModelRecord(model_id=f"base-{model.config.name}", kind="bundle", version=model.version,
-                                      uri=str(BUNDLED_BASE), training_data=model.card.training_data))
-    return model.version
-
-
-def dub_items(storage: Storage, settings: Settings, items) -> None:
-    """Dub each planned item to ROOT/outputs/{language}/{video_id}/{input_key}.mp4 (skipping finished ones)."""
-    from rich.progress import Progress
-
-    from catalogs.errors import ResyncError
-    from tasks import model_store
-    from tasks.lipsync import DubInputs, dub
-    from tasks.train import track_for
-
-    model = model_store.load_model(settings)
-    features, cache = model_store.features_for(settings, model), model_store.feature_cache(settings)
-    done = []
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("dubbing", total=len(items))
-        for it in items:
-            out = storage.uri("outputs", it.language, it.video_id, f"{it.input_key}.mp4")
-            if not storage.exists(out):
-                try:
-                    track = track_for(storage, settings, it.video_uri)
-                    dub(storage, settings, it.video_uri, DubInputs(it.audio_uri), out, model, features, track, cache)
-                except ResyncError as e:
-                    console.print(f"[red]failed[/red] {it.video_id} -> {it.language}: {e.error_class}: {e.reason}")
-                    bar.advance(task)
-                    continue
-            done.append(out)
-            bar.advance(task)
-    console.print(f"[bold]dubbed videos[/bold] ({len(done)} of {len(items)}, model {model.version}):")
-    for path in done:
-        console.print(f"  {path}")
-    console.print("[yellow]not yet[/yellow]: the orchestrated nightly flow (Prefect + Ray) that commits these to the "
-                  "manifest, and the QA report.")
+def show_results(settings: Settings) -> None:
+    """Where everything is: the dubbed videos, the manifest and how to look at it."""
+    storage = Storage(settings)
+    latest = DubManifest(DeltaTables(storage)).latest()
+    console.print(f"[bold]dubbed videos[/bold] ({int((latest.status == 'succeeded').sum())} of {len(latest)}):")
+    for _, r in latest.iterrows():
+        console.print(f"  {r.video_id:>10} -> {r.language}: " + (r.output_uri if r.status == "succeeded"
+                                                                 else f"[red]{r.error_class}[/red] {r.error}"))
+    console.print(f"manifest:  {storage.uri('manifests', 'dubs')}  (Delta table; every run is a version)")
+    console.print(f"catalog:   resync catalog show --root {settings.root}")
 
 
 if __name__ == "__main__":

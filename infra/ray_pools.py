@@ -42,10 +42,10 @@ def connect(settings: Settings) -> None:
     """Join the configured Ray cluster, or start the embedded one bound to 127.0.0.1."""
     if ray.is_initialized():
         return
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # else Ray binds the machine's public address
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace="resync", logging_level=logging.WARNING)
         return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # single node: else Ray binds the public address
     temp = Path(settings.ray_temp_dir or REPO / ".work" / "ray").resolve()
     temp.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=settings.ray_num_cpus or os.cpu_count(), include_dashboard=False, namespace="resync",

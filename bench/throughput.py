@@ -1,0 +1,144 @@
+"""Throughput benchmark (DESIGN section 6): end-to-end dub of one clip on embedded defaults.
+
+Measures, in one run on this machine:
+- the floor: FFmpeg decoding the clip and encoding it again with our x264 settings;
+- the single-item path (``resync dub``'s work: track, features, dynamics, render, composite, encode,
+  mux) with per-stage frames per second, model load time and peak memory;
+- the same item through the nightly flow (Prefect ephemeral API, Ray actor pools, manifest commit),
+  on a fresh catalog, so the orchestration's cost shows.
+
+    make bench-throughput                       # address_man_long_60s.mp4 + english_commentary_60s.wav
+    .venv/bin/python -m bench.throughput --clip speaker_map_5s.mp4 --audio german1.wav --skip-flow
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+console = Console()
+
+
+def ffmpeg_floor(path: Path, crf: int, preset: str, scratch: Path) -> float:
+    """Seconds for FFmpeg to decode the clip and encode it as we do (x264, same CRF and preset)."""
+    t = time.perf_counter()
+    subprocess.run(["ffmpeg", "-y", "-v", "error", "-i", str(path), "-an", "-c:v", "libx264", "-crf", str(crf),
+                    "-preset", preset, "-pix_fmt", "yuv420p", str(scratch / "floor.mp4")], check=True)
+    return time.perf_counter() - t
+
+
+def single_item(video: Path, audio: Path, scratch: Path) -> dict:
+    """Track + dub in this process, stage by stage."""
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+    from tasks import model_store
+    from tasks.lipsync import DubInputs, dub
+    from tasks.track import track_video
+
+    settings = Settings(root=str(scratch / "root"), allowed_roots=[str(SHARED), str(scratch)],
+                        feature_cache_dir=str(scratch / "no-cache"))
+    storage = Storage(settings)
+    t = time.perf_counter()
+    model = model_store.load_model(settings)
+    features = model_store.features_for(settings, model)
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    track = track_video(storage, settings, str(video))
+    track_s = time.perf_counter() - t
+    result = dub(storage, settings, str(video), DubInputs(str(audio)), str(scratch / "dub.mp4"), model, features, track,
+                 model_store.feature_cache(settings))
+    return {"frames": result.frames, "video_s": result.video_seconds, "load_s": load_s, "track_s": track_s,
+            **{k: v for k, v in result.timings.items()},
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def through_flow(video: Path, audio: Path, scratch: Path) -> dict:
+    """The same item through `resync run nightly` (its own process: Prefect, Ray, manifest)."""
+    root = scratch / "flow-root"
+    listing = scratch / "listings"
+    listing.mkdir(parents=True, exist_ok=True)
+    (listing / "videos.csv").write_text(f"video_id,uri,speaker_id\nclip,{video},spk\n")
+    (listing / "requests.csv").write_text(f"video_id,language,audio_uri\nclip,xx,{audio}\n")
+    env = {**os.environ, "RESYNC_ROOT": str(root), "RESYNC_ALLOWED_ROOTS": json.dumps([str(SHARED), str(scratch)]),
+           "RESYNC_FEATURE_CACHE_DIR": str(scratch / "flow-cache"), "PREFECT_HOME": str(scratch / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cli = [sys.executable, "-m", "flows.cli"]
+    subprocess.run([*cli, "catalog", "ingest", "--videos", str(listing / "videos.csv"), "--requests",
+                    str(listing / "requests.csv")], env=env, check=True, capture_output=True)
+    t = time.perf_counter()
+    proc = subprocess.run([*cli, "run", "nightly", "--json"], env=env, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"nightly run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads(proc.stdout[proc.stdout.find("{"):])
+    return {"process_wall_s": wall, "flow_wall_s": summary["wall_s"], "video_s": summary["video_seconds"],
+            "succeeded": summary["succeeded"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clip", default="address_man_long_60s.mp4", help="video in ../shared/data/videos")
+    ap.add_argument("--audio", default="english_commentary_60s.wav", help="audio in ../shared/data/audio")
+    ap.add_argument("--skip-flow", action="store_true", help="measure only the floor and the single-item path")
+    ap.add_argument("--scratch", default=str(REPO / ".work" / "bench-throughput"))
+    args = ap.parse_args()
+    video, audio = SHARED / "videos" / args.clip, SHARED / "audio" / args.audio
+    if not video.is_file() or not audio.is_file():
+        raise SystemExit(f"needs {video} and {audio} (../shared/data)")
+    scratch = Path(args.scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+
+    from catalogs.settings import Settings
+
+    s = Settings()
+    floor = ffmpeg_floor(video, s.output_crf, s.output_preset, scratch)
+    item = single_item(video, audio, scratch)
+    flow = None if args.skip_flow else through_flow(video, audio, scratch)
+
+    n, vs = item["frames"], item["video_s"]
+    stages = Table(title=f"single item: {args.clip} ({n} frames, {vs:.1f} s) + {args.audio}")
+    for col in ("stage", "seconds", "frames/s"):
+        stages.add_column(col)
+    for key, name in (("load_s", "model load"), ("track_s", "decode + track"), ("audio_s", "audio decode"),
+                      ("dynamics_s", "features + dynamics"), ("render_s", "mesh render"), ("generator_s", "generator"),
+                      ("redraw_s", "crop + render + generator"), ("composite_s", "composite"),
+                      ("decode_encode_s", "decode + encode"), ("mux_publish_s", "mux + publish")):
+        if key in item:
+            stages.add_row(name, f"{item[key]:.2f}", f"{n / item[key]:.0f}" if item[key] > 0 else "-")
+    end_to_end = item["load_s"] + item["track_s"] + item["total_s"]
+    stages.add_row("[bold]end to end[/bold]", f"{end_to_end:.2f}", f"{n / end_to_end:.1f}")
+    console.print(stages)
+
+    t = Table(title="throughput (one run, this machine)")
+    for col in ("path", "wall s", "realtime x", "x ffmpeg decode+encode", "peak RSS GB"):
+        t.add_column(col)
+    t.add_row("ffmpeg decode + x264 encode (floor)", f"{floor:.2f}", f"{vs / floor:.1f}", "1.0", "-")
+    t.add_row("single item (resync dub)", f"{end_to_end:.1f}", f"{vs / end_to_end:.2f}", f"{end_to_end / floor:.0f}",
+              f"{item['peak_rss_gb']:.2f}")
+    if flow:
+        t.add_row("nightly flow, 1 item (process wall)", f"{flow['process_wall_s']:.1f}",
+                  f"{vs / flow['process_wall_s']:.2f}", f"{flow['process_wall_s'] / floor:.0f}", "-")
+        t.add_row("nightly flow, 1 item (flow wall)", f"{flow['flow_wall_s']:.1f}", f"{vs / flow['flow_wall_s']:.2f}",
+                  f"{flow['flow_wall_s'] / floor:.0f}", "-")
+    console.print(t)
+    out = REPO / "bench" / "results" / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"clip": args.clip, "audio": args.audio, "floor_s": floor, "item": item, "flow": flow}, indent=1))
+    console.print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
