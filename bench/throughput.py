@@ -28,7 +28,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-console = Console()
+console = Console(width=120)
 
 
 def ffmpeg_floor(path: Path, crf: int, preset: str, scratch: Path) -> float:

@@ -119,8 +119,8 @@ def show_results(settings: Settings) -> None:
     console.print(f"[bold]dubbed videos[/bold] ({int((latest.status == 'succeeded').sum())} of {len(latest)}):")
     for _, r in latest.iterrows():
         console.print(f"  {r.video_id:>10} -> {r.language}: " + (r.output_uri if r.status == "succeeded"
-                                                                 else f"[red]{r.error_class}[/red] {r.error}"))
-    console.print(f"manifest:  {storage.uri('manifests', 'dubs')}  (Delta table; every run is a version)")
+                                                                 else f"[red]{r.error_class}[/red] {r.error}"), soft_wrap=True)
+    console.print(f"manifest:  {storage.uri('manifests', 'dubs')}  (Delta table; every run is a version)", soft_wrap=True)
     console.print(f"catalog:   resync catalog show --root {settings.root}")
 
 

@@ -175,7 +175,8 @@ def crop_vertices(track: TrackResult, canonical: np.ndarray, usable: np.ndarray,
 
 @torch.no_grad()
 def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts: np.ndarray, codes: torch.Tensor,
-           timings: dict[str, float] | None = None, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           timings: dict[str, float] | None = None, amp: bool = False, compiled: bool = False,
+           batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Redraw the lower face of aligned crops (B, S, S, 3) uint8 for the meshes ``new_verts``.
 
     The mask covers both the old and the new mouth (an opening jaw reaches lower than the closed
@@ -188,7 +189,7 @@ def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts:
     if timings is not None:
         timings["render_s"] = timings.get("render_s", 0.0) + time.perf_counter() - t
     target = _to_tensor(crops)
-    fake = model.render(mesh, target * (1 - mask), codes, amp=amp)
+    fake = model.render(mesh, target * (1 - mask), codes, amp=amp, compiled=compiled, batch=batch)
     return _to_uint8(fake), mask[:, 0].numpy()
 
 
@@ -271,7 +272,8 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                     ii = chunk.indices[todo]
                     t1 = time.perf_counter()
                     crops = np.stack([warp_crop(chunk.frames[k], mats[i], size) for k, i in zip(todo, ii)])
-                    gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, timings, settings.amp_inference)
+                    gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, timings, settings.amp_inference,
+                                    settings.compile_generator, settings.decode_chunk)
                     t3 = time.perf_counter()
                     for j, (k, i) in enumerate(zip(todo, ii)):
                         out[k] = composite(chunk.frames[k], gen[j], mats[i], m[j])

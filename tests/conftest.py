@@ -18,6 +18,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "resync-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "resync-test-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Dubs in tests are a few seconds long: compiling the generator (seconds to a minute) would dominate
+# them. tests/models/test_resyncer.py checks the compiled generator against the eager one.
+os.environ.setdefault("RESYNC_COMPILE_GENERATOR", "false")
 
 
 @pytest.fixture(scope="session")
