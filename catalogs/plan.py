@@ -37,6 +37,7 @@ class PlannedItem:
     base_model_version: str
     speaker_model_version: str | None
     video_sha256: str = ""
+    script: str | None = None     # what the translated audio says, when the request gives it (QA: WER)
 
     @property
     def model_version(self) -> str:
@@ -65,13 +66,14 @@ def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | N
     given (video_id, language) pairs.
     """
     videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"])
-    requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256"])
+    requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256", "script"])
     if languages:
         requests = requests.filter(pc.is_in(requests["language"], pa.array(list(languages), pa.string())))
     if requests.num_rows == 0 or videos.num_rows == 0:
         return []
     joined = requests.join(videos, "video_id", join_type="inner").sort_by([("video_id", "ascending"), ("language", "ascending")])
-    cols = {c: joined[c].to_pylist() for c in ("video_id", "language", "audio_uri", "audio_sha256", "uri", "speaker_id", "sha256")}
+    cols = {c: joined[c].to_pylist() for c in ("video_id", "language", "audio_uri", "audio_sha256", "uri", "speaker_id", "sha256",
+                                               "script")}
 
     base, speakers = ModelRegistry(tables).versions_by_speaker()
     dubs = tables.read(DUBS_TABLE, columns=["input_key", "status", "error_class"])
@@ -82,7 +84,7 @@ def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | N
     permanent = set(failed.filter(pc.invert(pc.is_in(failed["error_class"], pa.array(sorted(TRANSIENT_ERRORS)))))["input_key"].to_pylist())
 
     items = []
-    for vid, lang, audio_uri, audio_sha, uri, speaker, video_sha in zip(*cols.values()):
+    for vid, lang, audio_uri, audio_sha, uri, speaker, video_sha, script in zip(*cols.values()):
         speaker_version = speakers.get(speaker)
         key = input_key(video_sha, audio_sha, f"{base}+{speaker_version or '-'}", render_config)
         if key in done or (only is not None and (vid, lang) not in only):
@@ -90,7 +92,7 @@ def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | N
         if not retry_failed and (key in permanent or tried.get(key, 0) >= max_attempts):
             continue
         items.append(PlannedItem(vid, lang, key, tried.get(key, 0) + 1, speaker, uri, audio_uri, base, speaker_version,
-                                 video_sha))
+                                 video_sha, script))
     return items
 
 

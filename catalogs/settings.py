@@ -100,6 +100,21 @@ class Settings(BaseSettings):
                                     "Inductor's disk cache in ~7 s; turn off for one-off short dubs.")
     device: str = Field("auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
 
+    # --- QA (tasks/qa.py): measured during every dub; an item beyond a threshold needs review ---
+    qa_metrics: bool = Field(True, description="Measure each dub while it is made (re-tracks the output's mouth: ~6 ms a frame).")
+    qa_max_lag_frames: int = Field(15, ge=1, description="Largest audio-visual offset (frames) the sync search considers.")
+    qa_min_face_coverage: float = Field(0.5, description="Review below this share of frames redrawn.")
+    qa_max_av_offset_frames: float = Field(3.0, description="Review when the mouth lags or leads the speech by more frames.")
+    qa_min_av_confidence: float = Field(0.1, description="Review when the mouth-opening/speech correlation is below this.")
+    qa_max_mesh_error_px: float = Field(10.0, description="Review when re-tracked lips miss the planned ones by more (px in a 256 crop).")
+    qa_max_identity_distance: float = Field(0.6, description="Review above this dlib descriptor distance between source and output.")
+    qa_min_sharpness_ratio: float = Field(0.5, description="Review when the mouth keeps less than this share of the source's sharpness.")
+    qa_max_silence_motion: float = Field(0.8, description="Review when the mouth moves in silence this much relative to in speech.")
+    qa_max_overhang_s: float = Field(1.0, description="Review when translated speech runs this far past the end of the video.")
+    qa_max_speech_outside_source_s: float = Field(3.0, description="Review when this much translated speech falls where the source speaker is silent.")
+    qa_max_wer: float = Field(0.5, description="Review above this word error rate of the translated audio against its script.")
+    qa_worst_items: int = Field(12, ge=1, description="Items shown with before/after frames in the QA report.")
+
     # --- output --------------------------------------------------------------------------
     output_crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of dubbed videos (lower = better).")
     output_preset: str = Field("veryfast", description="x264 preset of dubbed videos (speed vs size).")

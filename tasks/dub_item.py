@@ -21,8 +21,12 @@ from catalogs.storage import Storage
 from models.audio_features import AudioFeatures
 from models.resyncer import ReSyncer
 from tasks import model_store
-from tasks.lipsync import DubInputs, DubResult, dub
-from tasks.track import track_cached
+from tasks.audio import SAMPLE_RATE, Audio, load_audio
+from tasks.lipsync import DubInputs, DubResult, dub, fit_audio_length, renderable
+from tasks.qa import QA_CROP, OutputObserver, item_metrics, word_error_rate
+from tasks.speech import SpeechTimer
+from tasks.track import TrackResult, track_cached
+from tasks.training_data import crop_matrices
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,13 @@ class ModelCache:
     storage: Storage
     settings: Settings
     loaded: dict[str, tuple[ReSyncer, AudioFeatures]] = field(default_factory=dict)
+    speech_timer: SpeechTimer | None = None
+
+    def speech(self) -> SpeechTimer:
+        """Speech timing and ASR models (QA's word error rate), loaded on first use."""
+        if self.speech_timer is None:
+            self.speech_timer = SpeechTimer(self.settings)
+        return self.speech_timer
 
     def get(self, uri: str) -> tuple[ReSyncer, AudioFeatures]:
         if uri not in self.loaded:
@@ -96,10 +107,21 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
         model, features = models.get(job.model_uri)
         track, _, _ = track_cached(storage, settings, it.video_uri, it.video_sha256)
         t = time.perf_counter()
-        result = dub(storage, settings, it.video_uri, DubInputs(it.audio_uri), job.output_uri, model, features, track,
-                     model_store.feature_cache(settings))
+        observer = OutputObserver(crop_matrices(track, QA_CROP, settings.crop_size), renderable(track)) \
+            if settings.qa_metrics else None
+        try:
+            result = dub(storage, settings, it.video_uri, DubInputs(it.audio_uri), job.output_uri, model, features, track,
+                         model_store.feature_cache(settings), observer=observer, observer_crop=QA_CROP)
+        finally:
+            if observer:
+                observer.close()
         timings = {**result.timings, "load_s": t - t0}
-        return row(job, "succeeded", output_sha256=storage.sha256(job.output_uri), stage_seconds=timings, qa=dub_qa(result))
+        qa = dub_qa(result)
+        if observer:
+            t = time.perf_counter()
+            qa = item_qa(storage, settings, it, result, track, observer, models)
+            timings["qa_s"] = observer.seconds + time.perf_counter() - t
+        return row(job, "succeeded", output_sha256=storage.sha256(job.output_uri), stage_seconds=timings, qa=qa)
     except ResyncError as e:
         return row(job, "failed", error_class=str(e.error_class), error=e.reason,
                    stage_seconds={"total_s": time.perf_counter() - t0})
@@ -107,6 +129,23 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
         log.error("dubbing %s/%s failed:\n%s", it.video_id, it.language, traceback.format_exc())
         return row(job, "failed", error_class=str(ErrorClass.INTERNAL), error=f"{type(e).__name__}: {e}",
                    stage_seconds={"total_s": time.perf_counter() - t0})
+
+
+def item_qa(storage: Storage, settings: Settings, item: PlannedItem, result: DubResult, track: TrackResult,
+            observer: OutputObserver, models: ModelCache) -> dict[str, float]:
+    """The QA metrics of a finished dub (tasks/qa.py), plus the tracking flags and, when the request
+    has a script and an ASR model is configured, the word error rate of the translated audio."""
+    audio = load_audio(storage, item.audio_uri)
+    dubbed = Audio(fit_audio_length(audio.samples, result.video_seconds), SAMPLE_RATE)
+    source = load_audio(storage, item.video_uri, required=False)
+    flags = {f"{name}_share": float(f.mean()) for name, f in track.flags.items()}
+    qa = {**dub_qa(result), **item_metrics(settings, observer, track.timestamps, dubbed, result.predicted_opening, source,
+                                          result.intended_marks, result.rendered_frames, result.frames,
+                                          result.audio_overhang_s, flags)}
+    if item.script and settings.asr_model_dir:
+        transcript = models.speech().timing(audio, transcribe=True).transcript or ""
+        qa["wer"] = word_error_rate(item.script, transcript)
+    return qa
 
 
 def dub_qa(result: DubResult) -> dict[str, float]:

@@ -60,6 +60,7 @@ class DubResult:
     model_version: str | None
     timings: dict[str, float] = field(default_factory=dict)
     predicted_opening: np.ndarray | None = None   # (T,) intended mouth opening (QA: mesh-following)
+    intended_marks: np.ndarray | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +205,12 @@ def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: Featu
 
 def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs, output_uri: str, model: ReSyncer,
         features: AudioFeatures | None, track: TrackResult, cache: FeatureCache | None = None,
-        progress: Callable[[int, int], None] | None = None) -> DubResult:
-    """Dub ``video_uri`` (already tracked) and publish ``output_uri``. Raises ``ResyncError``."""
+        progress: Callable[[int, int], None] | None = None,
+        observer: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+        observer_crop: int = 256) -> DubResult:
+    """Dub ``video_uri`` (already tracked) and publish ``output_uri``. Raises ``ResyncError``.
+
+    ``observer(indices, source frames, output frames)`` sees every chunk as it is encoded (QA)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     n = track.n_frames
@@ -280,6 +285,8 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                     timings["composite_s"] += time.perf_counter() - t3
                     timings["redraw_s"] += t3 - t1
                     rendered += len(todo)
+                if observer:
+                    observer(chunk.indices, chunk.frames, out)
                 if progress:
                     progress(int(chunk.indices[-1]) + 1, n)
                 yield from out
@@ -302,8 +309,12 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - t0
+    intended = None
+    if observer:
+        qa_mats = crop_matrices(track, observer_crop, settings.crop_size)
+        intended = crop_vertices(track, new_canonical, usable, qa_mats)[..., :2]
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio_seconds, duration, overhang,
-                     model.version, timings, mouth_opening(new_canonical).astype(np.float32))
+                     model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended)
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:

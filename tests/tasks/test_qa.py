@@ -1,0 +1,75 @@
+"""QA metrics on real clips: they must tell a synced mouth from an offset or a mismatched one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks import model_store
+from tasks.audio import SAMPLE_RATE, Audio, load_audio, speech_envelope
+from tasks.landmarks import mouth_opening
+from tasks.lipsync import DubInputs, dub, fit_audio_length, renderable, video_duration
+from tasks.qa import QA_CROP, OutputObserver, av_offset, expected_opening, item_metrics, review_reasons, word_error_rate
+from tasks.train import track_for
+from tasks.training_data import crop_matrices
+
+
+def test_word_error_rate():
+    assert word_error_rate("Bonjour à tous, bienvenue!", "bonjour a tous bienvenue") == pytest.approx(0.25)
+    assert word_error_rate("one two three", "one two three") == 0.0
+    assert word_error_rate("one two three four", "") == 1.0
+
+
+@pytest.fixture(scope="module")
+def clip(media_env):
+    settings, storage, data, scratch = media_env
+    uri = str(data / "videos" / "address_man_10s.mp4")
+    return uri, track_for(storage, settings, uri)
+
+
+@pytest.fixture(scope="module")
+def model(media_env):
+    settings = media_env[0]
+    m = model_store.load_model(settings)
+    return m, model_store.features_for(settings, m)
+
+
+def test_the_original_is_in_sync_and_a_shifted_audio_is_found(media_env, clip, model):
+    settings, storage, data, scratch = media_env
+    uri, track = clip
+    opening = mouth_opening(track.smoothed)
+    audio = load_audio(storage, uri)
+    seconds = video_duration(track)
+    offset, confidence = av_offset(opening, expected_opening(*model, track, fit_audio_length(audio.samples, seconds)))
+    assert offset == 0 and confidence > 0.5, (offset, confidence)
+    late = np.concatenate([np.zeros(int(round(10 / track.fps * SAMPLE_RATE)), np.float32), audio.samples])
+    offset, shifted = av_offset(opening, expected_opening(*model, track, fit_audio_length(late, seconds)))
+    assert offset == pytest.approx(-10, abs=1) and shifted > 0.5   # the sound now comes 10 frames late
+    # the raw speech envelope is no sync reference on this clip (why the learned one is used)
+    assert av_offset(opening, speech_envelope(audio, track.timestamps))[1] < confidence - 0.2
+
+
+def test_a_dub_scores_better_against_its_own_audio_than_a_mismatched_one(media_env, clip, model):
+    settings, storage, data, scratch = media_env
+    uri, track = clip
+    observer = OutputObserver(crop_matrices(track, QA_CROP, settings.crop_size), renderable(track))
+    german = str(data / "audio" / "german1.wav")
+    result = dub(storage, settings, uri, DubInputs(german), str(scratch / "qa_de.mp4"), model[0], model[1], track,
+                 observer=observer, observer_crop=QA_CROP)
+    observer.close()
+
+    def metrics(audio_uri: str) -> dict[str, float]:
+        samples = fit_audio_length(load_audio(storage, audio_uri).samples, result.video_seconds)
+        return item_metrics(settings, observer, track.timestamps, Audio(samples, SAMPLE_RATE),
+                            expected_opening(*model, track, samples), load_audio(storage, uri),
+                            result.intended_marks, result.rendered_frames, result.frames, result.audio_overhang_s)
+
+    own, other = metrics(german), metrics(str(data / "audio" / "french2.wav"))
+    assert own["retracked_share"] > 0.9 and own["face_coverage"] > 0.9
+    assert own["av_confidence"] > other["av_confidence"] + 0.1, (own, other)
+    assert abs(own["av_offset_frames"]) <= 3
+    assert own["mesh_error_px"] < 10 and own["identity_distance"] < 0.6
+    assert 0.2 < own["sharpness_ratio"] < 2.0
+    print({k: round(v, 3) for k, v in own.items()}, {k: round(v, 3) for k, v in other.items()})
+    assert "audio_overhang_s: translated speech runs past the video" not in review_reasons(settings, own) or \
+        own["audio_overhang_s"] > settings.qa_max_overhang_s
