@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     qa_max_mesh_error_px: float = Field(10.0, description="Review when re-tracked lips miss the planned ones by more (px in a 256 crop).")
     qa_max_identity_distance: float = Field(0.6, description="Review above this dlib descriptor distance between source and output.")
     qa_min_sharpness_ratio: float = Field(0.5, description="Review when the mouth keeps less than this share of the source's sharpness.")
-    qa_max_silence_motion: float = Field(0.8, description="Review when the mouth moves in silence this much relative to in speech.")
+    qa_max_silence_motion: float = Field(1.0, description="Review when the mouth moves in silence this much relative to in speech.")
     qa_max_overhang_s: float = Field(1.0, description="Review when translated speech runs this far past the end of the video.")
     qa_max_speech_outside_source_s: float = Field(3.0, description="Review when this much translated speech falls where the source speaker is silent.")
     qa_max_wer: float = Field(0.5, description="Review above this word error rate of the translated audio against its script.")

@@ -1,4 +1,4 @@
-"""``resync run nightly|reprocess|finetune|train``: the orchestrated jobs (Prefect flows fanning out Ray actors).
+"""``resync run nightly|reprocess|finetune|train|qa``: the orchestrated jobs (Prefect flows fanning out Ray actors).
 
 Exit codes: 0 the run completed and every item succeeded; 1 the run could not complete (a shard
 failed after its retries, storage or cluster unreachable, a training job failed); 2 bad usage;
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
@@ -168,3 +169,33 @@ def train(
 
     _training_run(train_base, as_json, video_ids=video_ids or None, resume=not fresh,
                   syncformer_seconds=syncformer_seconds, generator_seconds=generator_seconds)
+
+
+@run_app.command("qa")
+def qa(
+    run: Optional[str] = typer.Option(None, "--run", help="Report on this run's attempts (default: the latest attempt of every item)."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Compare with the manifest as this earlier run left it (time travel)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Where to write the HTML (local path or s3://); "
+                                         "default ROOT/reports/{qa run id}.html. The Parquet QA table goes beside it."),
+    root: Optional[str] = RootOpt, allow_root: Optional[list[str]] = AllowOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+    prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Write the QA report: outcomes by language and error class, metric distributions against their
+    thresholds, the worst items with before/after frames, throughput, and what changed since --compare."""
+    _environment(root, allow_root, s3_endpoint_url, None, prefect_api_url)
+    from flows.qa import qa_report
+
+    if output and "://" not in output:
+        output = str(Path(output).resolve())
+    try:
+        report = qa_report(run=run, compare=compare, output=output)
+    except KeyError as e:
+        fail(f"unknown run: {e}", 2)
+    except Exception as e:  # noqa: BLE001
+        fail(f"{type(e).__name__}: {e}")
+    if as_json:
+        out.print_json(json.dumps(report.__dict__))
+        return
+    out.print(f"QA report: {report.html_uri}\nQA table:  {report.table_uri}")
+    out.print(f"{report.items} items: {report.succeeded} succeeded, {report.failed} failed, {report.needs_review} need review"
+              + (f"; {len(report.regressed)} regressed, {len(report.fixed)} fixed since {compare}" if compare else ""))

@@ -1,6 +1,6 @@
-"""``make demo``: build a small demo catalog, ingest it and run the nightly flow on embedded defaults
-(Prefect's ephemeral API, a local Ray cluster on 127.0.0.1, the storage root on the local disk),
-with the bundled base model.
+"""``make demo``: build a small demo catalog, ingest it, run the nightly flow on embedded defaults
+(Prefect's ephemeral API, a local Ray cluster on 127.0.0.1, the storage root on the local disk)
+with the bundled base model, and write the QA report.
 
 Uses real clips from ../shared/data when that folder is there; otherwise makes its own media: a
 still portrait shipped by scikit-image as a 5 s video, and speech from espeak-ng in two languages.
@@ -109,7 +109,12 @@ def main() -> None:
     except typer.Exit as e:
         if e.exit_code not in (0, 3):
             raise SystemExit(e.exit_code)
+    from flows.qa import qa_report
+
+    report = qa_report(output=str(root / "reports" / "demo-qa.html"))
     show_results(settings)
+    console.print(f"QA report: {report.html_uri}  ({report.needs_review} of {report.succeeded} dubs need review; "
+                  f"table {report.table_uri})", soft_wrap=True)
 
 
 def show_results(settings: Settings) -> None:

@@ -7,8 +7,12 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 need_apt=()
+need_test_apt=()
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+# Test-only: the QA report test opens the report in a headless browser (not in the runtime image).
+command -v chromium >/dev/null || need_test_apt+=(chromium)
+need_apt+=("${need_test_apt[@]}")
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -132,23 +132,31 @@ class OutputObserver:
         self._tracker.close()
 
 
-def silence_motion(opening: np.ndarray, speech: np.ndarray) -> float:
-    """Mouth motion in silence relative to motion in speech (mean |frame-to-frame change|); a dub
-    whose mouth keeps chewing through pauses scores near or above 1."""
+def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> float:
+    """Mouth motion in pauses relative to motion in speech (mean |frame-to-frame change|). Only
+    pauses of at least ``min_pause`` frames count, without their first ``settle`` frames (the mouth
+    closing after the last word); a dub whose mouth keeps chewing through pauses scores near 1."""
+    quiet = np.zeros(len(speech), bool)
+    start = None
+    for i, s in enumerate(np.append(speech, True)):
+        if not s and start is None:
+            start = i
+        elif s and start is not None:
+            if i - start >= min_pause:
+                quiet[start + settle:i] = True
+            start = None
     v = np.abs(np.diff(opening))
-    both = lambda m: m[1:] & m[:-1]  # noqa: E731
-    quiet, talk = v[both(~speech)], v[both(speech)]
-    quiet, talk = quiet[np.isfinite(quiet)], talk[np.isfinite(talk)]
-    if len(quiet) < 5 or len(talk) < 5 or talk.mean() < 1e-9:
+    still, talk = v[quiet[1:] & quiet[:-1]], v[speech[1:] & speech[:-1]]
+    still, talk = still[np.isfinite(still)], talk[np.isfinite(talk)]
+    if len(still) < 5 or len(talk) < 5 or talk.mean() < 1e-9:
         return float("nan")
-    return float(quiet.mean() / talk.mean())
+    return float(still.mean() / talk.mean())
 
 
-def speech_frames(audio: Audio, timestamps: np.ndarray, floor_db: float = 25.0) -> np.ndarray:
-    """Frames with speech by the speech-band energy: within ``floor_db`` of the loud frames."""
-    env = speech_envelope(audio, timestamps)
-    loud = np.percentile(env, 95)
-    return env > loud - floor_db / 10 * np.log(10)
+def speech_frames(audio: Audio, timestamps: np.ndarray, floor_db: float = 30.0) -> np.ndarray:
+    """Frames with speech by the speech-band energy: within ``floor_db`` (amplitude) of the loud frames."""
+    env = speech_envelope(audio, timestamps)          # natural log of the band's RMS
+    return env > np.percentile(env, 95) - floor_db / 20 * np.log(10)
 
 
 def expected_opening(model: ReSyncer, features: AudioFeatures, track: TrackResult, samples: np.ndarray) -> np.ndarray:

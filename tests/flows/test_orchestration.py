@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,7 +166,9 @@ def test_nightly_run_dubs_good_items_and_fails_bad_ones_alone(world: World):
         src_frames, src_fps, _ = probe_frames(w.shared / "videos" / name)
         assert (frames, has_audio) == (src_frames, True) and fps == pytest.approx(src_fps, rel=1e-3)
         assert r["output_uri"].endswith(f"outputs/{r['language']}/{r['video_id']}/{r['input_key']}.mp4")
-        assert dict(r["qa"])["face_coverage"] > 0.9 and dict(r["stage_seconds"])["total_s"] > 0
+        qa = dict(r["qa"])
+        assert qa["face_coverage"] > 0.9 and dict(r["stage_seconds"])["total_s"] > 0
+        assert abs(qa["av_offset_frames"]) <= 3 and qa["av_confidence"] > 0.5 and qa["identity_distance"] < 0.6
 
     # the dub carries the translated speech, not the source's
     from tasks.audio import envelope, load_audio
@@ -308,3 +311,38 @@ def test_finetune_registers_a_speaker_model_that_the_next_nightly_run_uses(world
     assert newest.loc[("map", "fr"), "speaker_model_version"] == record["version"]
     assert newest.loc[("map", "fr"), "run_id"] == summary["run_id"]
     assert pd.isna(newest.loc[("glasses", "fr"), "speaker_model_version"])
+
+
+def test_qa_report_opens_in_a_headless_browser(world: World):
+    """The report of the first run compared with today's manifest: self-contained, every section
+    present, no console errors, and a screenshot that is not blank."""
+    w = world
+    runs = sorted(RunLog(DeltaTables(w.storage)).all(), key=lambda r: r["started_at"])
+    first = next(r["run_id"] for r in runs if r["kind"] == "nightly")
+    html_path = w.local / "qa" / "report.html"
+    report = w.cli("run", "qa", "--compare", first, "-o", str(html_path), "--json")
+    assert report["items"] == 9 + 3 + 3 and report["failed"] == 2        # corrupt and noface are still failed
+    assert report["fixed"] == ["glasses/ja"] and report["regressed"] == []
+    table = pd.read_parquet(html_path.with_suffix(".parquet"))
+    assert len(table) == 15 and {"needs_review", "review_reasons", "av_confidence"} <= set(table.columns)
+    assert table[table.status == "succeeded"].av_confidence.notna().all()
+    page = html_path.read_text()
+    assert "http://" not in page and "https://" not in page          # opens with no network
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs it (infra/bootstrap.sh)")
+    shot = w.local / "qa" / "report.png"
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+            "--v=0", "--window-size=1280,2000", f"--user-data-dir={w.local / 'chromium'}"]
+    dom = subprocess.run([*args, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    snap = subprocess.run([*args, f"--screenshot={shot}", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    for ids in ("summary", "failures", "metrics", "worst", "throughput", "comparison"):
+        assert f'id="{ids}"' in dom.stdout
+    console = [line for line in dom.stderr.splitlines() + snap.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console
+    assert dom.stdout.count("<img") >= 8                                 # metric plots and frame strips
+    import cv2
+
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[1] == 1280 and image.std() > 20   # not a blank page

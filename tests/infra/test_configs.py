@@ -136,7 +136,8 @@ def test_no_literal_credentials(path: Path):
 
 
 def test_dockerfile_installs_like_bootstrap():
-    """The image and a developer's .venv get the same packages the same way."""
+    """The image and a developer's .venv get the same packages the same way (test-only system
+    packages, ``need_test_apt`` in bootstrap.sh, stay out of the image)."""
     bootstrap = (REPO / "infra" / "bootstrap.sh").read_text()
     dockerfile = DOCKERFILE.read_text()
     pip_args = re.findall(r"^\$PIP install -q (.+)$", bootstrap, re.M)
