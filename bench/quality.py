@@ -54,6 +54,7 @@ from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
+from tasks.qa import av_offset, corr
 from tasks.lipsync import (_to_tensor, crop_vertices, planned_meshes, redraw, reference_frame, reference_window,
                            renderable)
 from tasks.train import PreparedClip, TrainingPlan, finetune_plan, fit, prepare_clip, sequences, track_for
@@ -74,25 +75,6 @@ class Scores:
     av_offset: float
     av_conf: float
     identity: float
-
-
-def corr(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
-def av_sync(opening: np.ndarray, env: np.ndarray, max_lag: int = 5) -> tuple[float, float]:
-    """(offset in frames, confidence): the lag where mouth opening best follows the speech envelope."""
-    best = (0, -1.0)
-    for lag in range(-max_lag, max_lag + 1):
-        a = opening[max(lag, 0): len(opening) + min(lag, 0)]
-        b = env[max(-lag, 0): len(env) + min(-lag, 0)]
-        c = corr(a, b)
-        if np.isfinite(c) and c > best[1]:
-            best = (lag, c)
-    return float(best[0]), float(best[1])
 
 
 def retrack(crops: list[np.ndarray]) -> np.ndarray:
@@ -131,7 +113,7 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
             box = (*gm[:, :2].min(0), *gm[:, :2].max(0))
             ids.append(identity.distance(identity.descriptor(o, box), identity.descriptor(t, box)))
     opening = mouth_opening(marks)
-    off, conf = av_sync(np.nan_to_num(opening, nan=np.nanmean(opening)), env)
+    off, conf = av_offset(np.nan_to_num(opening, nan=np.nanmean(opening)), env, max_lag=5)
     return Scores(float(lmd), float(np.mean(psnrs)), float(np.mean(ssims)), corr(opening, mouth_opening(gt_marks)),
                   off, conf, float(np.mean(ids)) if ids else float("nan"))
 

@@ -13,44 +13,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from infra.dev.local_service import HOST, LocalServer, free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port(port: int = 0) -> int:
-    """``port`` if nothing listens on it (0: any free port); OSError if something does.
-
-    Checked before starting, or a server already on the port would pass the health check for ours.
-    """
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((HOST, port))
-        return s.getsockname()[1]
-
-
-@dataclass
-class PrefectServer:
-    process: subprocess.Popen
-    port: int
-
+class PrefectServer(LocalServer):
     @property
     def api_url(self) -> str:
         return f"http://{HOST}:{self.port}/api"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def server_env(home: Path) -> dict[str, str]:
@@ -75,17 +50,8 @@ def start_prefect_server(port: int | None = None, *, home: Path, log_path: Path 
         # cwd=home: a prefect.toml or .env in the caller's directory must not configure the server.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(home), cwd=home)
     server = PrefectServer(proc, port)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"{server.api_url}/health", timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"prefect server did not answer on {HOST}:{port} within {timeout} s")
+    server.wait_until_up(f"{server.api_url}/health", "prefect server", timeout)
+    return server
 
 
 def main() -> None:
@@ -96,10 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     server = start_prefect_server(args.port, home=args.home)
     print(f"Prefect API: {server.api_url}  (export PREFECT_API_URL={server.api_url}; Ctrl-C stops it)", flush=True)
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    server.run_until_interrupted()
 
 
 if __name__ == "__main__":
