@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")
 
     # --- QA (tasks/qa.py): measured during every dub; an item beyond a threshold needs review ---
-    qa_metrics: bool = Field(True, description="Measure each dub while it is made (re-tracks the output's mouth: ~6 ms a frame).")
+    qa_metrics: bool = Field(True, description="Measure each dub while it is made (re-tracks the output's mouth: ~15 ms a frame here).")
     qa_max_lag_frames: int = Field(15, ge=1, description="Largest audio-visual offset (frames) the sync search considers.")
     qa_min_face_coverage: float = Field(0.5, description="Review below this share of frames redrawn.")
     qa_max_av_offset_frames: float = Field(3.0, description="Review when the mouth lags or leads the speech by more frames.")

@@ -205,8 +205,8 @@ def render_html(settings: Settings, storage: Storage, table: pd.DataFrame, run: 
         parts.append(f'<div class="item"><b>{html.escape(r["video_id"])} &rarr; {html.escape(r["language"])}</b> '
                      f'<span class="bad">{html.escape(r["review_reasons"] or "no threshold crossed")}</span>'
                      f'<div>{html.escape(metrics)}</div><div class="strip">'
-                     + (f'<img alt="source frames" src="{before}">' if before else "<p>source unavailable</p>")
-                     + (f'<img alt="dubbed frames" src="{after}">' if after else "<p>output unavailable</p>")
+                     + (f'<small>source</small><img alt="source frames" src="{before}">' if before else "<p>source unavailable</p>")
+                     + (f'<small>dubbed</small><img alt="dubbed frames" src="{after}">' if after else "<p>output unavailable</p>")
                      + "</div></div>")
     parts.append("</section>")
 
