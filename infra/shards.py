@@ -100,6 +100,11 @@ def process_shard(settings: Settings, pools: Pools, run_id: str, shard: Shard,
     for k, r in zip(todo, dubbed):
         r["stage_seconds"] = {"track_s": by_sha[jobs[k].item.video_sha256].seconds, **r["stage_seconds"]}
         rows[k] = r
+    if on_item:                          # items that failed before dubbing are done too
+        sent = set(todo)
+        for k, r in enumerate(rows):
+            if k not in sent:
+                on_item(r)
 
     # 3. One atomic commit for the shard.
     final = [r for r in rows if r is not None]
