@@ -45,7 +45,7 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.renderer import mouth_mask
 from models.resyncer import ReSyncer
-from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
+from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
 from tasks.audio import load_audio, speech_envelope
 from tasks.composite import composite

@@ -12,7 +12,6 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,7 +21,6 @@ from catalogs.ingest import CatalogIngest, open_rejects
 from catalogs.manifest import DubManifest
 from catalogs.plan import make_shards, plan_items
 from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
-from catalogs.settings import Settings
 from catalogs.storage import Storage
 from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out
 
