@@ -112,10 +112,12 @@ def main() -> None:
     stages = Table(title=f"single item: {args.clip} ({n} frames, {vs:.1f} s) + {args.audio}")
     for col in ("stage", "seconds", "frames/s"):
         stages.add_column(col)
-    for key, name in (("load_s", "model load"), ("track_s", "decode + track"), ("audio_s", "audio decode"),
-                      ("dynamics_s", "features + dynamics"), ("render_s", "mesh render"), ("generator_s", "generator"),
-                      ("redraw_s", "crop + render + generator"), ("composite_s", "composite"),
-                      ("decode_encode_s", "decode + encode"), ("mux_publish_s", "mux + publish")):
+    for key, name in (("load_s", "model load"), ("track_s", f"decode + track ({s.tracking_segments} segments at once)"),
+                      ("audio_s", "audio decode"), ("dynamics_s", "features + dynamics"),
+                      ("redraw_wall_s", f"decode + redraw + composite + encode (wall; {s.redraw_workers} redraw workers)"),
+                      ("render_s", "  mesh render (busy s, summed over workers)"),
+                      ("redraw_s", "  crop + render + generator (busy s, summed)"),
+                      ("composite_s", "  composite (busy s, summed)"), ("mux_publish_s", "mux + publish")):
         if key in item:
             stages.add_row(name, f"{item[key]:.2f}", f"{n / item[key]:.0f}" if item[key] > 0 else "-")
     end_to_end = item["load_s"] + item["track_s"] + item["total_s"]

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     silence_lufs: float = Field(-60.0, description="Audio quieter than this (integrated LUFS) counts as silent.")
     crop_size: int = Field(256, description="Side of the aligned face crop, pixels.")
     decode_chunk: int = Field(64, ge=1, description="Frames decoded at a time (bounds memory on long videos).")
+    tracking_segments: int = Field(2, ge=1, description="Consecutive segments of one video tracked at once (one MediaPipe "
+                                   "graph each: a graph uses one core). The tracks are joined across segment boundaries.")
+    min_segment_frames: int = Field(250, ge=1, description="Shortest segment worth its own graph (shorter videos use fewer).")
+    redraw_workers: int = Field(2, ge=1, description="Chunks of one dub redrawn at once on CPU, sharing the torch threads "
+                                "(two single-thread generators outrun one two-thread generator on this 2-core machine, and "
+                                "cropping and compositing overlap the generator). Always 1 on a GPU.")
 
     # --- orchestration -------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")

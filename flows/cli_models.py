@@ -34,9 +34,9 @@ def dub(
                                                 "this video's tracked motion, retargeted to this speaker."),
     style_from: Optional[str] = typer.Option(None, "--style-from", help="Speaking-style transfer: a catalog speaker id "
                                              "or a video whose speaker's mouth dynamics to speak with."),
-    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swap (experimental: the base "
-                                                 "recipe does not train cross-identity yet, so identity transfer is weak): an "
-                                                 "image or video of the identity to draw."),
+    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swapping: an image or video of "
+                                                 "the person to show; the whole face is redrawn with their appearance and "
+                                                 "face shape, with this video's pose, motion and background."),
     model: Optional[str] = ModelOpt,
     track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
                                              "instead of tracking again."),
@@ -81,12 +81,13 @@ def dub(
                 inputs.style_displacements = modes.style_from_track(style_track, resyncer.config.syncformer.style_window)
             if reference_from:
                 if modes.is_image(reference_from):
-                    inputs.reference_crop = modes.reference_from_image(storage, settings, reference_from, resyncer.size)
+                    identity = modes.reference_from_image(storage, settings, reference_from, resyncer.size)
                 else:
                     bar.update(task, description="tracking the reference video", completed=0)
                     ref_track = track_video(storage, settings, reference_from, tick)
-                    inputs.reference_crop = modes.reference_from_video(storage, ref_track, reference_from, resyncer.size,
-                                                                       settings.crop_size)
+                    identity = modes.reference_from_video(storage, ref_track, reference_from, resyncer.size,
+                                                          settings.crop_size)
+                inputs.reference_crop, inputs.reference_template = identity.crop, identity.template
             bar.update(task, description="dubbing", completed=0)
             result = dub_item(storage, settings, video, inputs, output, resyncer, features, track,
                               model_store.feature_cache(settings), tick)

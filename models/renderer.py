@@ -17,7 +17,8 @@ diffuse * |n . l|, with vertex normals interpolated across each triangle (Gourau
 Background is exactly 0, every covered pixel is at least ``AMBIENT``. Not differentiable.
 
 ``mouth_mask`` is the soft lower-face mask (below the nose, inside the face outline) used to blank
-the target crop and to weight the losses.
+the target crop and to weight the losses; ``face_mask`` is the whole face oval, the same for face
+swapping.
 """
 
 from __future__ import annotations
@@ -178,14 +179,10 @@ class MeshRenderer(nn.Module):
 
 
 @torch.no_grad()
-def mouth_mask(vertices: Vertices, size: int, feather: float = 0.02) -> torch.Tensor:
-    """Soft (B, 1, size, size) mask of the lower face, below the nose and inside the face outline.
-
-    vertices: (B, V >= 468, 3) Face Mesh in crop pixels (only x, y are used). ``feather`` is the
-    Gaussian blur's sigma as a fraction of ``size``: 1 well inside, 0.5 on the outline, 0 away.
-    """
+def _polygon_mask(vertices: Vertices, loop: tuple[int, ...], size: int, feather: float) -> torch.Tensor:
+    """Soft (B, 1, size, size) mask inside the polygon of the vertex indices ``loop``."""
     v = _as_vertices(vertices)
-    xy = v[:, list(LOWER_FACE), :2].detach().cpu().double().numpy()
+    xy = v[:, list(loop), :2].detach().cpu().double().numpy()
     sigma = max(feather * size, 1e-3)
     out = np.zeros((len(xy), 1, size, size), np.float32)
     for i, poly in enumerate(xy):
@@ -194,3 +191,18 @@ def mouth_mask(vertices: Vertices, size: int, feather: float = 0.02) -> torch.Te
         cv2.fillPoly(out[i, 0], [np.round(poly * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
         out[i, 0] = cv2.GaussianBlur(out[i, 0], (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
     return torch.from_numpy(out).clamp_(0, 1).to(v.device)
+
+
+def mouth_mask(vertices: Vertices, size: int, feather: float = 0.02) -> torch.Tensor:
+    """Soft (B, 1, size, size) mask of the lower face, below the nose and inside the face outline.
+
+    vertices: (B, V >= 468, 3) Face Mesh in crop pixels (only x, y are used). ``feather`` is the
+    Gaussian blur's sigma as a fraction of ``size``: 1 well inside, 0.5 on the outline, 0 away.
+    """
+    return _polygon_mask(vertices, LOWER_FACE, size, feather)
+
+
+def face_mask(vertices: Vertices, size: int, feather: float = 0.02) -> torch.Tensor:
+    """Soft (B, 1, size, size) mask of the whole face inside the Face Mesh oval: what face swapping
+    redraws (the identity is in the eyes, nose and face shape, not only the mouth)."""
+    return _polygon_mask(vertices, FACE_OVAL, size, feather)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -56,6 +57,8 @@ class ReSyncer(nn.Module):
         self.version: str | None = None
         self._compiled: Callable | None = None     # torch.compile'd generator, made on first use
         self._compile_failed = False
+        self._compile_lock = threading.Lock()      # the first compiled call (the compile) runs alone
+        self._compile_warm = False
 
     @property
     def device(self) -> torch.device:
@@ -136,10 +139,17 @@ class ReSyncer(nn.Module):
 
     def _checked_compiled(self, *args: torch.Tensor) -> torch.Tensor:
         """The compiled generator; a failed compile (no C++ compiler, say) falls back to eager, with
-        a warning, for the life of this model."""
-        if self._compiled is None:
-            self._compiled = torch.compile(self._eager_synthesis)
+        a warning, for the life of this model. Threads may call it at once: the first call, which
+        compiles (Dynamo's tracing is not thread-safe), holds the others back."""
         try:
+            if not self._compile_warm:
+                with self._compile_lock:
+                    if not self._compile_warm:
+                        if self._compiled is None:
+                            self._compiled = torch.compile(self._eager_synthesis)
+                        out = self._compiled(*args)
+                        self._compile_warm = True
+                        return out
             return self._compiled(*args)
         except Exception as e:  # noqa: BLE001 - torch.compile's failures are many (compiler, platform)
             log.warning("torch.compile of the generator failed, running eager: %s", str(e).splitlines()[0] if str(e) else e)

@@ -4,6 +4,12 @@ Target frame t, mesh of frame t, the target with its lower face masked, and a re
 another frame of the same video: the generator must redraw the mouth the mesh asks for, with the
 identity the reference shows. Frames at the end of every clip are held out; lower-face PSNR on them
 is the validation metric, and the best weights are kept.
+
+Face swapping rewires the same inputs (DESIGN section 2): the whole face is masked, so the face can
+only come from the reference. A share of every batch (``swap_share``) is trained that way, with
+the reference from another frame of the same speaker; at inference the reference is another
+person's. Without this the generator learns to copy identity from the unmasked upper face and
+ignores the reference's.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class GeneratorData:
     masks: torch.Tensor    # (N, 1, S, S) soft lower-face mask
     clip: torch.Tensor     # (N,) clip index of each frame (references come from the same clip)
     time: torch.Tensor     # (N,) position of the frame within its clip, 0..1
+    face_masks: torch.Tensor | None = None  # (N, 1, S, S) soft whole-face mask (face-swap training)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -54,6 +61,7 @@ class GeneratorTraining:
     amp: bool = True              # bfloat16 autocast on CPUs that have it (2.2x measured on this CPU kind), AMP on CUDA
     perceptual_weight: float = 1.0  # used only when a perceptual module (local VGG weights) is given
     log_every: int = 10           # training losses are logged every this many steps
+    swap_share: float = 0.0       # share of samples trained as face swaps (whole face masked); needs face_masks
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     seed: int = 0
     log: list[dict] = field(default_factory=list)
@@ -86,18 +94,30 @@ def split(data: GeneratorData, val_fraction: float) -> tuple[torch.Tensor, torch
     return torch.nonzero(~val).flatten(), torch.nonzero(val).flatten()
 
 
-def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torch.Tensor, batch: int = 16) -> float:
+def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torch.Tensor, batch: int = 16,
+             swap: bool = False) -> float:
+    """Mean PSNR (dB) inside the redrawn region of held-out frames: the lower face, or with ``swap``
+    the whole face (drawn from the reference alone)."""
     g.eval()
     scores = []
     dev = next(g.parameters()).device
+    masks = data.face_masks if swap else data.masks
     with torch.no_grad():
         for lo in range(0, len(idx), batch):
             i, r = idx[lo:lo + batch], ref_idx[lo:lo + batch]
-            real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+            real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), masks[i].to(dev)
             fake = g(mesh, masked_input(real, mask), data.crops[r].to(dev))
             scores.append(lower_face_psnr(fake.float(), real, mask).cpu())
     g.train()
     return float(torch.cat(scores).mean())
+
+
+def swap_flags(n: int, share: float, gen: torch.Generator) -> torch.Tensor:
+    """(n,) bool: which samples of a batch train face swapping (at least one when share > 0)."""
+    flags = torch.rand(n, generator=gen) < share
+    if share > 0 and not flags.any():
+        flags[torch.randint(0, n, (1,), generator=gen)] = True
+    return flags
 
 
 def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: GeneratorTraining,
@@ -118,15 +138,20 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     if len(val_idx) > cfg.max_eval_frames:
         val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
     val_ref = references(data, val_idx, gen, train_idx)  # fixed references: comparable evaluations
+    swapping = cfg.swap_share > 0 and data.face_masks is not None
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()
     first = evaluate(g, data, val_idx, val_ref)
+    first_face = evaluate(g, data, val_idx, val_ref, swap=True) if swapping else None
     stopper, step = EarlyStopping(g, first, cfg.patience, higher_is_better=True), 0
     for step in range(1, cfg.steps + 1):
         i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
         r = references(data, i, gen, train_idx)
         real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+        if swapping:
+            swap = swap_flags(len(i), cfg.swap_share, gen).to(dev)[:, None, None, None]
+            mask = torch.where(swap, data.face_masks[i].to(dev), mask)
         adversarial = step > cfg.adv_start
         with autocast(torch.device(dev), cfg.amp):
             fake = g(mesh, masked_input(real, mask), data.crops[r].to(dev)).float()
@@ -156,15 +181,21 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
             d_opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = evaluate(g, data, val_idx, val_ref)
-            cfg.log.append({"step": step, "loss": float(loss.detach()), "val_lower_psnr": v, "seconds": time.monotonic() - start})
+            entry = {"step": step, "loss": float(loss.detach()), "val_lower_psnr": v, "seconds": time.monotonic() - start}
+            if swapping:
+                entry["val_face_psnr"] = evaluate(g, data, val_idx, val_ref, swap=True)
+            cfg.log.append(entry)
             if stopper.update(v):
                 break
         if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
             break
     best = stopper.restore()
     g.eval()
-    return {"steps": step, "seconds": time.monotonic() - start, "val_lower_psnr_start": first,
-            "val_lower_psnr_best": best, "log": cfg.log}
+    summary = {"steps": step, "seconds": time.monotonic() - start, "val_lower_psnr_start": first,
+               "val_lower_psnr_best": best, "log": cfg.log}
+    if swapping:
+        summary.update(val_face_psnr_start=first_face, val_face_psnr_best=evaluate(g, data, val_idx, val_ref, swap=True))
+    return summary
 
 
-__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "lower_face_psnr", "masked_input"]
+__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "lower_face_psnr", "masked_input", "swap_flags"]

@@ -109,6 +109,30 @@ class FaceMeshTracker:
         if self._crop_mesh is not None:
             self._crop_mesh.close()
 
+    def prime(self, frame: np.ndarray) -> None:
+        """Show the frame before a segment's first, so a cut right at the segment start is seen."""
+        self.cuts(frame)
+
+    def absorb(self, later: "FaceMeshTracker", boundary: int) -> None:
+        """Append the tracks of ``later``, which tracked the frames from ``boundary`` on: a face
+        that starts at the boundary where one of ours ended continues that track (the same overlap
+        rule as frame to frame), unless the boundary is a cut."""
+        cut = boundary in later.cut_frames
+        self.cut_frames.extend(later.cut_frames)
+        live = [] if cut else [t for t in self.tracks if boundary - t.last_frame <= self.max_gap]
+        used: set[int] = set()
+        for t in later.tracks:
+            first = min(t.frames)
+            scores = [(iou(t.frames[first].box, c.frames[c.last_frame].box), k) for k, c in enumerate(live)
+                      if k not in used and first - c.last_frame <= self.max_gap]
+            score, k = max(scores, default=(0.0, -1))
+            if score >= self.link_iou:
+                used.add(k)
+                live[k].frames.update(t.frames)
+                live[k].last_frame = t.last_frame
+            else:
+                self.tracks.append(Track(len(self.tracks), dict(t.frames), t.last_frame))
+
     def process(self, index: int, frame: np.ndarray) -> list[FaceObservation]:
         """Landmarks for one RGB frame; call with consecutive indices."""
         if self.cuts(frame):

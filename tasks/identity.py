@@ -52,4 +52,17 @@ class FaceIdentity:
         return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))
 
 
-__all__ = ["FaceIdentity", "models_folder"]
+def landmark_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) around a frame's landmarks (N, 2+): where the descriptor looks."""
+    (x0, y0), (x1, y1) = points[:, :2].min(0), points[:, :2].max(0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def video_descriptors(faces: FaceIdentity, frames: dict[int, np.ndarray], landmarks: np.ndarray) -> dict[int, np.ndarray]:
+    """Descriptor of the tracked face in each given frame (index -> RGB), skipping frames without
+    landmarks."""
+    return {i: faces.descriptor(img, landmark_box(landmarks[i])) for i, img in frames.items()
+            if np.isfinite(landmarks[i]).all()}
+
+
+__all__ = ["FaceIdentity", "models_folder", "landmark_box", "video_descriptors"]

@@ -12,7 +12,8 @@ the video (the overhang is reported). Frames without a usable face (none, too sm
 pass through unchanged and are counted.
 
 The three inputs the modes rewire (DESIGN section 2) stay separate: ``DubInputs`` can carry
-displacements (video-driven), a style source (style transfer) and a reference crop (face swap).
+displacements (video-driven), a style source (style transfer) and a reference identity (face swap:
+another person's crop and face shape; then the whole face is redrawn, not only the lower face).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -33,7 +37,7 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
-from models.renderer import mouth_mask, render_mesh
+from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, load_audio
 from tasks.composite import composite
@@ -151,15 +155,24 @@ class DubInputs:
     displacements: np.ndarray | None = None      # (T, V, 3) motion to show instead of predicting it
     style_displacements: np.ndarray | None = None  # reference motion whose style to speak in
     reference_crop: np.ndarray | None = None     # (S, S, 3) uint8 identity to draw
+    reference_template: np.ndarray | None = None  # (V, 3) that identity's face shape: a face swap
+
+    @property
+    def swaps_face(self) -> bool:
+        """Another identity's face shape is given: redraw the whole face, not only the mouth."""
+        return self.reference_template is not None
 
 
-def planned_meshes(track: TrackResult, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def planned_meshes(track: TrackResult, predicted: np.ndarray,
+                   identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(new, old) canonical meshes per frame: below the nose the predicted motion, above it the
-    tracked one (the upper face is kept, so its mesh must match the video)."""
+    tracked one (the upper face is kept, so its mesh must match the video). With ``identity`` (a
+    face swap) the same motion moves that person's template instead of this speaker's."""
     weights = lower_face_weights(track.template)[None, :, None]
     tracked = np.nan_to_num(track.displacements)
     templates = track.templates[track.shot_index]
-    new = templates + tracked * (1 - weights) + np.nan_to_num(predicted) * weights
+    shape = templates if identity is None else np.broadcast_to(identity[None], templates.shape)
+    new = shape + tracked * (1 - weights) + np.nan_to_num(predicted) * weights
     return new.astype(np.float32), (templates + tracked).astype(np.float32)
 
 
@@ -177,16 +190,19 @@ def crop_vertices(track: TrackResult, canonical: np.ndarray, usable: np.ndarray,
 @torch.no_grad()
 def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts: np.ndarray, codes: torch.Tensor,
            timings: dict[str, float] | None = None, amp: bool = False, compiled: bool = False,
-           batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Redraw the lower face of aligned crops (B, S, S, 3) uint8 for the meshes ``new_verts``.
+           batch: int | None = None, whole_face: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Redraw the lower face (or with ``whole_face`` the whole face) of aligned crops (B, S, S, 3)
+    uint8 for the meshes ``new_verts``.
 
-    The mask covers both the old and the new mouth (an opening jaw reaches lower than the closed
-    one). Returns the generated crops (uint8) and that mask (B, S, S) in [0, 1].
+    The mask covers both the old and the new face (an opening jaw reaches lower than the closed
+    one; a swapped face may be wider). Returns the generated crops (uint8) and that mask (B, S, S)
+    in [0, 1].
     """
     t = time.perf_counter()
     size = crops.shape[1]
     mesh = render_mesh(torch.from_numpy(new_verts), size)
-    mask = torch.maximum(mouth_mask(torch.from_numpy(new_verts), size), mouth_mask(torch.from_numpy(old_verts), size))
+    region = face_mask if whole_face else mouth_mask
+    mask = torch.maximum(region(torch.from_numpy(new_verts), size), region(torch.from_numpy(old_verts), size))
     if timings is not None:
         timings["render_s"] = timings.get("render_s", 0.0) + time.perf_counter() - t
     target = _to_tensor(crops)
@@ -247,7 +263,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             predicted = predict_displacements(model, features, cache, samples, track, style_src)
         except (RuntimeError, ValueError) as e:
             raise ResyncError(ErrorClass.MODEL_ERROR, f"Style-SyncFormer failed: {e}", item=video_uri) from e
-    new_canonical, old_canonical = planned_meshes(track, predicted)
+    new_canonical, old_canonical = planned_meshes(track, predicted, inputs.reference_template)
     timings["dynamics_s"] = time.perf_counter() - t
 
     size = model.size
@@ -264,32 +280,62 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             ref = warp_crop(video.frame(r), mats[r], size)
         codes = model.reference_codes(_to_tensor(ref[None])[0])
 
-        # 3. Render, generate and composite chunk by chunk, streaming into the encoder.
+        # 3. Render, generate and composite chunk by chunk, streaming into the encoder. Several
+        #    chunks are redrawn at once (``redraw_workers`` threads sharing the torch threads) and
+        #    QA observes finished chunks on its own thread, so cropping, compositing, encoding and
+        #    measuring overlap the generator instead of waiting for it.
         timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
         rendered = 0
+        whole_face = inputs.swaps_face
+
+        def redraw_chunk(chunk) -> tuple[object, np.ndarray, dict[str, float], int]:
+            local = {"redraw_s": 0.0, "render_s": 0.0, "composite_s": 0.0}
+            out = chunk.frames.copy()
+            todo = [k for k, i in enumerate(chunk.indices) if usable[i]]
+            if todo:
+                ii = chunk.indices[todo]
+                t1 = time.perf_counter()
+                crops = np.stack([warp_crop(chunk.frames[k], mats[i], size) for k, i in zip(todo, ii)])
+                gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, local, settings.amp_inference,
+                                settings.compile_generator, settings.decode_chunk, whole_face)
+                t3 = time.perf_counter()
+                for j, (k, i) in enumerate(zip(todo, ii)):
+                    out[k] = composite(chunk.frames[k], gen[j], mats[i], m[j])
+                local["composite_s"] += time.perf_counter() - t3
+                local["redraw_s"] += t3 - t1
+            return chunk, out, local, len(todo)
+
+        workers = redraw_workers(settings, model)
 
         def frames() -> Iterator[np.ndarray]:
             nonlocal rendered
-            for chunk in video.chunks(settings.decode_chunk):
-                out = chunk.frames.copy()
-                todo = [k for k, i in enumerate(chunk.indices) if usable[i]]
-                if todo:
-                    ii = chunk.indices[todo]
-                    t1 = time.perf_counter()
-                    crops = np.stack([warp_crop(chunk.frames[k], mats[i], size) for k, i in zip(todo, ii)])
-                    gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, timings, settings.amp_inference,
-                                    settings.compile_generator, settings.decode_chunk)
-                    t3 = time.perf_counter()
-                    for j, (k, i) in enumerate(zip(todo, ii)):
-                        out[k] = composite(chunk.frames[k], gen[j], mats[i], m[j])
-                    timings["composite_s"] += time.perf_counter() - t3
-                    timings["redraw_s"] += t3 - t1
-                    rendered += len(todo)
-                if observer:
-                    observer(chunk.indices, chunk.frames, out)
-                if progress:
-                    progress(int(chunk.indices[-1]) + 1, n)
-                yield from out
+            pending: deque = deque()
+            observed: deque = deque()
+            with ThreadPoolExecutor(workers, thread_name_prefix="redraw") as pool, \
+                    ThreadPoolExecutor(1, thread_name_prefix="observe") as observing, torch_threads(workers, model):
+
+                def finish() -> np.ndarray:
+                    nonlocal rendered
+                    chunk, out, local, count = pending.popleft().result()
+                    for key, v in local.items():
+                        timings[key] += v
+                    rendered += count
+                    if observer:
+                        observed.append(observing.submit(observer, chunk.indices, chunk.frames, out))
+                        while len(observed) > 2:      # bounded: a slow observer holds the dub back
+                            observed.popleft().result()
+                    if progress:
+                        progress(int(chunk.indices[-1]) + 1, n)
+                    return out
+
+                for chunk in video.chunks(settings.decode_chunk):
+                    pending.append(pool.submit(redraw_chunk, chunk))
+                    while len(pending) > workers:
+                        yield from finish()
+                while pending:
+                    yield from finish()
+                while observed:
+                    observed.popleft().result()
 
         workdir = tempfile.mkdtemp(prefix="resync-dub-")
         try:
@@ -297,7 +343,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             final = os.path.join(workdir, "dub.mp4")
             t = time.perf_counter()
             written = encode_h264(silent, frames(), track.fps, track.timestamps, settings.output_crf, settings.output_preset)
-            timings["decode_encode_s"] = time.perf_counter() - t - timings["redraw_s"] - timings["composite_s"]
+            timings["redraw_wall_s"] = time.perf_counter() - t   # decode, redraw, composite, encode, overlapped
             t = time.perf_counter()
             if inputs.audio_uri:
                 with local_path(storage, inputs.audio_uri) as audio_path:
@@ -315,6 +361,25 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         intended = crop_vertices(track, new_canonical, usable, qa_mats)[..., :2]
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio_seconds, duration, overhang,
                      model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended)
+
+
+def redraw_workers(settings: Settings, model: ReSyncer) -> int:
+    """Chunks redrawn at once: ``settings.redraw_workers`` on CPU, one on a GPU (its kernels queue
+    on one stream anyway)."""
+    return 1 if model.device.type == "cuda" else max(1, settings.redraw_workers)
+
+
+@contextmanager
+def torch_threads(workers: int, model: ReSyncer) -> Iterator[None]:
+    """Split this process's torch threads among ``workers`` concurrent redraws (restored after):
+    on CPU, two single-thread generators outrun one two-thread generator."""
+    before = torch.get_num_threads()
+    if workers > 1 and model.device.type != "cuda":
+        torch.set_num_threads(max(1, before // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:

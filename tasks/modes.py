@@ -10,6 +10,7 @@ No other weights: the same model, other inputs (``tasks.lipsync.DubInputs``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from tasks.decode import VideoSource
-from tasks.geometry import crop_matrix, warp_crop
+from tasks.geometry import build_template, crop_matrix, warp_crop
 from tasks.landmarks import MOUTH_CORNERS, LEFT_EYE, RIGHT_EYE, mouth_opening
 from tasks.lipsync import reference_frame, reference_window, renderable
 from tasks.track import TrackResult
@@ -81,8 +82,16 @@ def is_image(uri: str) -> bool:
     return Path(uri.split("?")[0]).suffix.lower() in IMAGE_SUFFIXES
 
 
-def reference_from_image(storage: Storage, settings: Settings, uri: str, size: int) -> np.ndarray:
-    """The aligned crop (size, size, 3) uint8 of the largest face in an image."""
+@dataclass(frozen=True)
+class ReferenceIdentity:
+    """Who a face swap draws: an aligned crop of that person (the generator's style path) and their
+    face shape (the canonical template the planned meshes are built on)."""
+    crop: np.ndarray       # (S, S, 3) uint8
+    template: np.ndarray   # (478, 3) canonical mesh, unit eye distance
+
+
+def reference_from_image(storage: Storage, settings: Settings, uri: str, size: int) -> ReferenceIdentity:
+    """The identity of the largest face in an image."""
     from tasks.facemesh import FaceMeshTracker
 
     try:
@@ -101,16 +110,19 @@ def reference_from_image(storage: Storage, settings: Settings, uri: str, size: i
     if not faces:
         raise ResyncError(ErrorClass.NO_FACE, "no face in the reference image", item=uri)
     face = max(faces, key=lambda f: f.width)
-    return warp_crop(rgb, crop_matrix(face.points.astype(np.float64), size), size)
+    points = face.points.astype(np.float64)
+    crop = warp_crop(rgb, crop_matrix(points, size), size)
+    return ReferenceIdentity(crop, build_template(points[None], np.ones(1, bool)).astype(np.float32))
 
 
-def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: int, crop_size: int) -> np.ndarray:
-    """The aligned crop of a tracked video's most typical frontal frame."""
+def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: int, crop_size: int) -> ReferenceIdentity:
+    """The identity of a tracked video's speaker: its most typical frontal frame and its template."""
     usable = renderable(track)
     i = reference_frame(track, usable)
     with VideoSource(storage, uri) as video:
-        return warp_crop(video.frame(i), track.crop[i] * (size / crop_size), size)
+        crop = warp_crop(video.frame(i), track.crop[i] * (size / crop_size), size)
+    return ReferenceIdentity(crop, track.templates[track.shot_index[i]].astype(np.float32))
 
 
-__all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "reference_from_image",
-           "reference_from_video"]
+__all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "ReferenceIdentity",
+           "reference_from_image", "reference_from_video"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +27,7 @@ from tasks.geometry import Similarity, build_template, crop_matrix, euler_degree
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
 
-ALGORITHM = "fm0.10.21-v1"  # bump when tracking code changes what it writes
+ALGORITHM = "fm0.10.21-v2"  # bump when tracking code changes what it writes
 FLAGS = ("no_face", "small_face", "extreme_pose", "low_confidence")
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 def tracker_version(settings: Settings) -> str:
     """Algorithm plus every setting that changes the artifact: a cache key."""
     knobs = {k: getattr(settings, k) for k in ("max_faces", "cut_correlation", "cut_pixel_diff", "small_face_px", "extreme_yaw_deg", "extreme_pitch_deg",
-                                               "low_confidence_residual", "smooth_min_cutoff", "smooth_beta", "crop_size")}
+                                               "low_confidence_residual", "smooth_min_cutoff", "smooth_beta", "crop_size",
+                                               "tracking_segments", "min_segment_frames")}
     return f"{ALGORITHM}-{hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
@@ -135,19 +138,10 @@ def track_video(storage: Storage, settings: Settings, uri: str,
                 progress: Callable[[int, int], None] | None = None) -> TrackResult:
     """Track the speaking face of ``uri``. Raises ``ResyncError`` for undecodable media and ``no_face``
     when no face is found in any frame."""
-    tracker = FaceMeshTracker(max_faces=settings.max_faces, cut_correlation=settings.cut_correlation,
-                              cut_pixel_diff=settings.cut_pixel_diff)
-    try:
-        with VideoSource(storage, uri) as video:
-            n, fps = video.n_frames, video.fps
-            for chunk in video.chunks(settings.decode_chunk):
-                for i, frame in zip(chunk.indices, chunk.frames):
-                    tracker.process(int(i), frame)
-                if progress:
-                    progress(int(chunk.indices[-1]) + 1, n)
-            timestamps, (width, height), vfr = video.timestamps, video.size, video.is_vfr
-    finally:
-        tracker.close()
+    with VideoSource(storage, uri) as video:
+        n, fps = video.n_frames, video.fps
+        timestamps, (width, height), vfr = video.timestamps, video.size, video.is_vfr
+    tracker = track_segments(storage, settings, uri, n, progress)
     if not tracker.tracks:
         raise ResyncError(ErrorClass.NO_FACE, "no face found in any frame", item=uri)
 
@@ -173,6 +167,44 @@ def track_video(storage: Storage, settings: Settings, uri: str,
     result = _analyse(uri, raw, shots, summaries, timestamps, fps, width, height, cuts, vfr, settings)
     result.faces = [[(t.track_id, *t.frames[i].box) for t in tracker.tracks if i in t.frames] for i in range(n)]
     return result
+
+
+def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
+                   progress: Callable[[int, int], None] | None = None) -> FaceMeshTracker:
+    """Face Mesh over all ``n`` frames, in ``settings.tracking_segments`` consecutive segments tracked
+    at once (MediaPipe runs one graph on one core; each segment has its own graph and decoder), then
+    joined into one tracker whose tracks continue across the segment boundaries."""
+    parts = max(1, min(settings.tracking_segments, n // max(settings.min_segment_frames, 1)))
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    done = [0] * parts
+    lock = threading.Lock()
+
+    def run(k: int) -> FaceMeshTracker:
+        tracker = FaceMeshTracker(max_faces=settings.max_faces, cut_correlation=settings.cut_correlation,
+                                  cut_pixel_diff=settings.cut_pixel_diff)
+        try:
+            with VideoSource(storage, uri) as video:
+                if bounds[k] > 0:
+                    tracker.prime(video.frame(bounds[k] - 1))
+                for chunk in video.chunks(settings.decode_chunk, bounds[k], bounds[k + 1]):
+                    for i, frame in zip(chunk.indices, chunk.frames):
+                        tracker.process(int(i), frame)
+                    if progress:
+                        with lock:
+                            done[k] = int(chunk.indices[-1]) + 1 - bounds[k]
+                            progress(sum(done), n)
+        finally:
+            tracker.close()
+        return tracker
+
+    if parts == 1:
+        return run(0)
+    with ThreadPoolExecutor(parts, thread_name_prefix="track") as pool:
+        trackers = list(pool.map(run, range(parts)))
+    first = trackers[0]
+    for k, later in enumerate(trackers[1:], start=1):
+        first.absorb(later, bounds[k])
+    return first
 
 
 def _summaries(per_track: dict[int, np.ndarray], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:

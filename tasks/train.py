@@ -23,7 +23,7 @@ import torch
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
-from models.renderer import mouth_mask, render_mesh
+from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ModelCard, ReSyncer
 from models.train_generator import GeneratorData, GeneratorTraining, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
@@ -72,23 +72,29 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
 
 
 def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
-    """Stack every usable frame: crops in [-1, 1], the tracked mesh rendered, the lower-face mask."""
-    crops, meshes, masks, clip_ids, times = [], [], [], [], []
+    """Stack every usable frame: crops in [-1, 1], the tracked mesh rendered, the lower-face and
+    whole-face masks."""
+    crops, meshes, masks, faces, clip_ids, times = [], [], [], [], [], []
     for k, c in enumerate(clips):
         size = c.clip.size
         for lo in range(0, len(c.clip), batch):
             verts = torch.from_numpy(c.clip.verts[lo:lo + batch])
             meshes.append(render_mesh(verts, size))
             masks.append(mouth_mask(verts, size))
+            faces.append(face_mask(verts, size))
         crops.append(torch.from_numpy(c.clip.crops).permute(0, 3, 1, 2).float().div(127.5).sub(1))
         clip_ids.append(torch.full((len(c.clip),), k, dtype=torch.long))
         times.append(torch.from_numpy(c.clip.frames / max(c.n_frames - 1, 1)).float())
-    return GeneratorData(torch.cat(crops), torch.cat(meshes), torch.cat(masks), torch.cat(clip_ids), torch.cat(times))
+    return GeneratorData(torch.cat(crops), torch.cat(meshes), torch.cat(masks), torch.cat(clip_ids), torch.cat(times),
+                         torch.cat(faces))
 
 
 # The base holds out the last 30% of every clip: exactly the eval split of bench/quality (DESIGN
 # section 6), so the benchmark never scores frames the base was trained on.
 BASE_HOLDOUT = 0.3
+# A quarter of every batch trains face swapping (the whole face masked, drawn from the reference):
+# the recipe that lets one model do lip sync and face swaps (DESIGN section 2).
+SWAP_SHARE = 0.25
 
 
 @dataclass
@@ -98,7 +104,7 @@ class TrainingPlan:
     syncformer: SyncFormerTraining = field(default_factory=lambda: SyncFormerTraining(
         steps=3000, time_budget_s=240, val_fraction=BASE_HOLDOUT))
     generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
-        steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT))
+        steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE))
     seed: int = 0
 
 
@@ -106,7 +112,8 @@ def finetune_plan(config: str = "cpu") -> TrainingPlan:
     """The per-speaker recipe: smaller steps from the base; the adversarial game joins after 100 steps
     (time for a discriminator that starts fresh, as with the bundled base, which ships without one)."""
     return TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=120, lr=1e-4),
-                        generator=GeneratorTraining(steps=5000, time_budget_s=600, adv_start=100, lr=1e-3, d_lr=1e-3))
+                        generator=GeneratorTraining(steps=5000, time_budget_s=600, adv_start=100, lr=1e-3, d_lr=1e-3,
+                                                    swap_share=SWAP_SHARE))
 
 
 def _lips() -> torch.Tensor:
@@ -137,7 +144,9 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
     say(f"generator: {len(data)} frames at {model.size} px")
     gen = train_generator(model.generator, model.discriminator, data, plan.generator, perceptual)
     say(f"generator: {gen['steps']} steps in {gen['seconds']:.0f} s, held-out lower-face PSNR "
-        f"{gen['val_lower_psnr_start']:.2f} -> {gen['val_lower_psnr_best']:.2f} dB")
+        f"{gen['val_lower_psnr_start']:.2f} -> {gen['val_lower_psnr_best']:.2f} dB"
+        + (f", whole-face (swap) PSNR {gen['val_face_psnr_start']:.2f} -> {gen['val_face_psnr_best']:.2f} dB"
+           if "val_face_psnr_best" in gen else ""))
     return {"syncformer": {k: v for k, v in sync.items() if k != "log"},
             "generator": {k: v for k, v in gen.items() if k != "log"},
             "log": {"syncformer": sync["log"], "generator": gen["log"]}}
@@ -223,9 +232,16 @@ and model selection; never trained on):
 |---|---|---|---|---|
 | Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
 | generator (lower-face PSNR, dB, {model.size}-px crop) | {g["steps"]} | {g["seconds"]:.0f} | {g["val_lower_psnr_start"]:.2f} | {g["val_lower_psnr_best"]:.2f} |
-
+{_swap_row(g, model.size)}
 Quality against baselines on the held-out frames: `make bench-quality` (see the README).
 """
+
+
+def _swap_row(g: dict, size: int) -> str:
+    if "val_face_psnr_best" not in g:
+        return ""
+    return (f"| generator as face swap (whole-face PSNR, dB, {size}-px crop, reference from the same speaker) | "
+            f"{g['steps']} | {g['seconds']:.0f} | {g['val_face_psnr_start']:.2f} | {g['val_face_psnr_best']:.2f} |\n")
 
 
 def model_holdout(summary: dict) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.renderer import AMBIENT, TRIANGLES_PATH, MeshRenderer, load_triangles, mouth_mask, render_mesh
+from models.renderer import AMBIENT, FACE_OVAL, TRIANGLES_PATH, MeshRenderer, face_mask, load_triangles, mouth_mask, render_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO.parent / "shared" / "data" / "videos" / "speaker_map_5s.mp4"
@@ -202,6 +202,20 @@ def test_mouth_mask_covers_the_mouth_and_spares_eyes_and_forehead(clip, size):
         assert max(pixel(m, v[k, :2]) for k in EYES_AND_FOREHEAD) < 0.01
         assert 0.02 < ((m > 0.5).mean()) < 0.4
         assert ((m > 0.05) & (m < 0.95)).sum() > size  # feathered, not a hard cut
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_face_mask_covers_eyes_and_mouth_and_contains_the_mouth_mask(clip, size):
+    _, _, _, closed, opened = clip
+    verts = np.stack([frame_mesh(clip, closed, size), frame_mesh(clip, opened, size)])
+    faces, mouths = face_mask(verts, size)[:, 0].numpy(), mouth_mask(verts, size)[:, 0].numpy()
+    for v, f, m in zip(verts, faces, mouths):
+        assert min(pixel(f, v[k, :2]) for k in OUTER_LIPS + INNER_LIPS + EYES_AND_FOREHEAD[:4]) > 0.9
+        assert (f >= m - 0.05).all()  # the lower face is part of the face
+        assert (f > 0.5).mean() > 2 * (m > 0.5).mean()
+        corners = [(0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)]
+        assert max(f[y, x] for y, x in corners) < 0.01  # background stays
+        assert pixel(f, v[FACE_OVAL[0], :2]) > 0.3  # the oval's top reaches the forehead
 
 
 # --- timings (printed, not asserted) ------------------------------------------------------------

@@ -200,3 +200,27 @@ def test_track_cli_writes_artifact_and_preview(shared_data, tmp_path):
             a, b = v.frame(60).astype(float), src.frame(60).astype(float)
         x0, y0, x1, y1 = (int(c) for c in (*r.smoothed[60, :, :2].min(0), *r.smoothed[60, :, :2].max(0)))
         assert np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean() > 10
+
+
+def test_segments_tracked_at_once_join_into_the_same_tracks(shared_data, tmp_path):
+    """A video tracked as two segments at once (what long videos get) gives the tracks, cuts and
+    landmarks of one pass: faces keep their ids across the boundary, a cut right at it is seen."""
+    split = Settings(tracking_segments=2, min_segment_frames=20)
+    two = tmp_path / "two_faces.mp4"
+    _side_by_side(shared_data, two, audio_from=0)
+    whole, halves = track_video(STORAGE, SETTINGS, str(two)), track_video(STORAGE, split, str(two))
+    assert len([t for t in halves.tracks if t.coverage > 0.9]) == 2  # both faces continue through the boundary
+    assert halves.speaker_track == whole.speaker_track
+    both = whole.valid & halves.valid
+    assert both.mean() > 0.95
+    gap = np.abs(whole.smoothed[both, :, :2] - halves.smoothed[both, :, :2]).mean((1, 2)) / whole.face_px[both]
+    assert np.median(gap) < 0.01 and gap.max() < 0.05  # the same landmarks, within a few hundredths of a face
+
+    v = shared_data / "videos"
+    cut = tmp_path / "cut.mp4"  # 100 frames, cut at 50: exactly the boundary of two segments
+    run_ffmpeg("-i", str(v / "speaker_map_5s.mp4"), "-i", str(v / "speaker_glasses_5s.mp4"), "-filter_complex",
+               "[0:v]trim=0:2,setpts=PTS-STARTPTS,scale=512:512,setsar=1[a];"
+               "[1:v]trim=0:2,setpts=PTS-STARTPTS,scale=512:512,setsar=1[b];[a][b]concat=n=2:v=1[v]",
+               "-map", "[v]", "-r", "25", "-c:v", "libx264", str(cut))
+    r = track_video(STORAGE, split, str(cut))
+    assert r.cut_frames == [50] and len([t for t in r.tracks if t.frames >= 40]) == 2
