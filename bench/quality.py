@@ -22,7 +22,9 @@ mouth-opening correlation on the one left out, next to ridge regression on the s
 Then one row per other mode with the base model: video-driven (speaker_map_5s driven by
 speaker_glasses_5s: correlation of the re-tracked output's mouth opening with the driver's and with
 the original's) and style transfer (one audio spoken in a lively and a calm speaker's style: ratio
-of predicted mouth-opening amplitudes next to the ratio of the sources' own).
+of predicted mouth-opening amplitudes next to the ratio of the sources' own) and face swapping
+(speaker_map_5s shown with speaker_glasses_5s's identity: mean dlib distance of the output to each
+person, the share of frames nearer the reference, and the head-pose error against the source).
 
     python -m bench.quality --sections modes      # only the modes rows (about a minute)
 """
@@ -283,7 +285,30 @@ def mode_rows(storage: Storage, settings: Settings, model: ReSyncer, features, c
         amp[n], own[n] = float(np.std(r.predicted_opening)), float(np.nanstd(mouth_opening(tracks[n].canonical())))
     rows.append({"mode": "style transfer (woman_mpeg4 / man_long)", "amplitude ratio": amp[lively] / amp[calm],
                  "sources' own ratio": own[lively] / own[calm]})
+    rows.append(swap_row(storage, settings, model, features, tracks, scratch))
     return rows
+
+
+def swap_row(storage: Storage, settings: Settings, model: ReSyncer, features, tracks: dict, scratch: Path) -> dict:
+    """Face swap: speaker_map_5s shown as speaker_glasses_5s (dlib distances, pose error)."""
+    from tasks import modes
+    from tasks.identity import swap_distances
+    from tasks.lipsync import DubInputs, dub
+    from tasks.track import track_video
+
+    videos = SHARED / "videos"
+    src_uri, ref_uri = str(videos / "speaker_map_5s.mp4"), str(videos / "speaker_glasses_5s.mp4")
+    source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
+    out = str(scratch / "swap.mp4")
+    dub(storage, settings, src_uri, DubInputs(src_uri, reference_crop=identity.crop, reference_template=identity.template),
+        out, model, features, source)
+    swapped = track_video(storage, settings, out)
+    to_ref, to_src = swap_distances(storage, FaceIdentity(), (out, swapped), (src_uri, source), (ref_uri, ref))
+    ok = swapped.valid & source.valid
+    return {"mode": "face swap (map shown as glasses): dlib distances", "to reference": float(to_ref.mean()),
+            "to source": float(to_src.mean()), "frames nearer the reference": float(np.mean(to_ref < to_src)),
+            "pose error deg": float(np.abs(swapped.euler[ok] - source.euler[ok]).mean())}
 
 
 def main() -> None:
@@ -339,7 +364,7 @@ def main() -> None:
         scratch = Path(args.root) / "bench-modes"
         scratch.mkdir(parents=True, exist_ok=True)
         mode_results = mode_rows(storage, settings, base, features, cache, scratch)
-        mt = Table(title="video-driven lip sync and style transfer (base model)")
+        mt = Table(title="video-driven lip sync, style transfer and face swap (base model)")
         mt.add_column("mode")
         mt.add_column("measure", justify="right")
         for r in mode_results:

@@ -92,6 +92,13 @@ class DubbingWorker:
 
         return dub_item(self.storage, self.settings, job, self.models)
 
+    def warm(self, model_uri: str) -> float:
+        """Load a model and its compiled generator before the first item needs them (sent while
+        the shard's videos are being tracked); returns the seconds it took."""
+        from tasks.dub_item import warm_model
+
+        return warm_model(self.settings, self.models, model_uri)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -167,6 +174,11 @@ class ActorPool:
 
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self.actors])
+
+    def broadcast(self, method: str, *args: Any) -> list:
+        """Call ``actor.method(*args)`` on every actor without waiting (an actor runs its calls in
+        order, so later work waits behind it); returns the object refs."""
+        return [getattr(a, method).remote(*args) for a in self.actors]
 
     def kill(self) -> None:
         for a in self.actors:

@@ -71,7 +71,10 @@ def process_shard(settings: Settings, pools: Pools, run_id: str, shard: Shard,
     jobs = [ItemJob(it, run_id, shard.shard_id, uris.get(it.model_version, ""), output_uri(storage, it),
                     settings.render_config) for it in items]
 
-    # 1. Track each video once (a video dubbed into many languages shares one track).
+    # 1. Track each video once (a video dubbed into many languages shares one track), while the
+    #    dubbing actors load the shard's first model and compile its generator.
+    if jobs[0].model_uri:
+        pools.dubbing.broadcast("warm", jobs[0].model_uri)
     videos = {it.video_sha256: it.video_uri for it in items}
     shas = list(videos)
     tracked: list[TrackOutcome] = pools.tracking.map(

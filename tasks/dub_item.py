@@ -22,7 +22,7 @@ from models.audio_features import AudioFeatures
 from models.resyncer import ReSyncer
 from tasks import model_store
 from tasks.audio import SAMPLE_RATE, Audio, load_audio
-from tasks.lipsync import DubInputs, DubResult, dub, fit_audio_length, renderable
+from tasks.lipsync import DubInputs, DubResult, dub, fit_audio_length, renderable, warm_generator
 from tasks.qa import QA_CROP, OutputObserver, item_metrics, word_error_rate
 from tasks.speech import SpeechTimer
 from tasks.track import TrackResult, track_cached
@@ -77,6 +77,7 @@ class ModelCache:
     settings: Settings
     loaded: dict[str, tuple[ReSyncer, AudioFeatures]] = field(default_factory=dict)
     speech_timer: SpeechTimer | None = None
+    warmed: set[str] = field(default_factory=set)
 
     def speech(self) -> SpeechTimer:
         """Speech timing and ASR models (QA's word error rate), loaded on first use."""
@@ -90,6 +91,22 @@ class ModelCache:
             model = model_store.load_model(self.settings, folder)
             self.loaded[uri] = (model, model_store.features_for(self.settings, model))
         return self.loaded[uri]
+
+
+def warm_model(settings: Settings, models: ModelCache, model_uri: str) -> float:
+    """Load ``model_uri`` and run its generator once, so the first item does not wait for the load
+    and the compile (about 7 s from Inductor's disk cache here). Never raises: a model that does
+    not load fails its items with their own error later."""
+    t = time.perf_counter()
+    if model_uri in models.warmed:
+        return 0.0
+    try:
+        model, _ = models.get(model_uri)
+        warm_generator(settings, model)
+        models.warmed.add(model_uri)
+    except Exception as e:  # noqa: BLE001 - warming is an optimisation; the items report the real error
+        log.warning("warming model %s failed: %s", model_uri, e)
+    return time.perf_counter() - t
 
 
 def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCache) -> dict:
@@ -174,4 +191,4 @@ def output_uri(storage: Storage, item: PlannedItem) -> str:
     return storage.uri("outputs", item.language, item.video_id, f"{item.input_key}.mp4")
 
 
-__all__ = ["ItemJob", "TrackOutcome", "ModelCache", "track_item", "dub_item", "row", "output_uri"]
+__all__ = ["ItemJob", "TrackOutcome", "ModelCache", "track_item", "dub_item", "warm_model", "row", "output_uri"]

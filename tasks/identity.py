@@ -65,4 +65,26 @@ def video_descriptors(faces: FaceIdentity, frames: dict[int, np.ndarray], landma
             if np.isfinite(landmarks[i]).all()}
 
 
-__all__ = ["FaceIdentity", "models_folder", "landmark_box", "video_descriptors"]
+def swap_distances(storage, faces: FaceIdentity, output: tuple[str, "TrackResult"], source: tuple[str, "TrackResult"],
+                   reference: tuple[str, "TrackResult"], every: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per sampled frame of a face swap's output: (distance to the reference person, distance to the
+    source person in the same frame). The reference person is the mean descriptor over their video.
+    Each argument is (uri, track)."""
+    from tasks.decode import VideoSource
+
+    def frames(uri: str, indices: range) -> dict[int, np.ndarray]:
+        with VideoSource(storage, uri) as video:
+            return {i: video.frame(i) for i in indices}
+
+    (out_uri, out_track), (src_uri, src_track), (ref_uri, ref_track) = output, source, reference
+    ref = video_descriptors(faces, frames(ref_uri, range(0, ref_track.n_frames, 2 * every)), ref_track.smoothed)
+    person = np.mean(list(ref.values()), 0)
+    sampled = range(0, src_track.n_frames, every)
+    own = video_descriptors(faces, frames(src_uri, sampled), src_track.smoothed)
+    got = video_descriptors(faces, frames(out_uri, sampled), out_track.smoothed)
+    common = [i for i in sampled if i in own and i in got]
+    return (np.array([FaceIdentity.distance(got[i], person) for i in common]),
+            np.array([FaceIdentity.distance(got[i], own[i]) for i in common]))
+
+
+__all__ = ["FaceIdentity", "models_folder", "landmark_box", "video_descriptors", "swap_distances"]

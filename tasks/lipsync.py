@@ -280,10 +280,10 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             ref = warp_crop(video.frame(r), mats[r], size)
         codes = model.reference_codes(_to_tensor(ref[None])[0])
 
-        # 3. Render, generate and composite chunk by chunk, streaming into the encoder. Several
-        #    chunks are redrawn at once (``redraw_workers`` threads sharing the torch threads) and
-        #    QA observes finished chunks on its own thread, so cropping, compositing, encoding and
-        #    measuring overlap the generator instead of waiting for it.
+        # 3. Render, generate and composite chunk by chunk, streaming into the encoder. Redraws run
+        #    on worker threads (``redraw_workers``, sharing the torch threads) while this thread
+        #    decodes the next chunk and encodes the last, and QA observes finished chunks on its own
+        #    thread: decoding, encoding and measuring overlap the generator instead of waiting for it.
         timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
         rendered = 0
         whole_face = inputs.swaps_face
@@ -371,8 +371,7 @@ def redraw_workers(settings: Settings, model: ReSyncer) -> int:
 
 @contextmanager
 def torch_threads(workers: int, model: ReSyncer) -> Iterator[None]:
-    """Split this process's torch threads among ``workers`` concurrent redraws (restored after):
-    on CPU, two single-thread generators outrun one two-thread generator."""
+    """Split this process's torch threads among ``workers`` concurrent redraws (restored after)."""
     before = torch.get_num_threads()
     if workers > 1 and model.device.type != "cuda":
         torch.set_num_threads(max(1, before // workers))
@@ -380,6 +379,18 @@ def torch_threads(workers: int, model: ReSyncer) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def warm_generator(settings: Settings, model: ReSyncer) -> None:
+    """Run the generator once on a blank batch the way ``dub`` runs it (same precision, compile
+    setting, batch and threads), so that a long-lived worker compiles before its first item."""
+    size, batch = model.size, settings.decode_chunk
+    blank = np.zeros((1, size, size, 3), np.uint8)
+    codes = model.reference_codes(_to_tensor(blank)[0])
+    workers = redraw_workers(settings, model)
+    with ThreadPoolExecutor(1, thread_name_prefix="redraw") as pool, torch_threads(workers, model):
+        pool.submit(model.render, torch.zeros(batch, 1, size, size), torch.zeros(batch, 3, size, size), codes,
+                    settings.amp_inference, settings.compile_generator, batch).result()
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -392,5 +403,5 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-__all__ = ["DubInputs", "DubResult", "dub", "redraw", "planned_meshes", "crop_vertices", "predict_displacements", "lower_face_weights", "reference_window", "reference_frame",
+__all__ = ["DubInputs", "DubResult", "dub", "redraw", "warm_generator", "planned_meshes", "crop_vertices", "predict_displacements", "lower_face_weights", "reference_window", "reference_frame",
            "fit_audio_length", "mux_audio", "renderable"]

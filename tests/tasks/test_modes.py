@@ -73,3 +73,27 @@ def test_style_source_changes_the_mouth_amplitude_its_way(env):
         amp[n] = float(np.std(r.predicted_opening))
     lively, calm = sorted(own_amp, key=own_amp.get, reverse=True)
     assert amp[lively] > amp[calm] * 1.1, (amp, own_amp)
+
+
+
+def test_face_swap_redraws_the_whole_face_and_keeps_the_rest(env):
+    """--reference-from rewires the generator's style path to another person and redraws the whole
+    face (eyes included) on that person's face shape; background, frames and audio rules are kept.
+    (Whether the identity transfers is measured by bench/quality's face-swap row, not asserted.)"""
+    settings, storage, model, features, data, root, tracks = env
+    source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    uri, ref_uri = str(data / "videos" / "speaker_map_5s.mp4"), str(data / "videos" / "speaker_glasses_5s.mp4")
+    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
+    assert identity.crop.shape == (model.size, model.size, 3) and identity.template.shape == (478, 3)
+    out = str(root / "swap.mp4")
+    result = dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template),
+                 out, model, features, source)
+    assert result.frames == source.n_frames and result.rendered_frames > 0.9 * source.n_frames
+    assert load_audio(storage, out).duration_s == pytest.approx(result.video_seconds, abs=0.06)
+    with VideoSource(storage, uri) as a, VideoSource(storage, out) as b:
+        src, got = a.frame(60).astype(float), b.frame(60).astype(float)
+    p = source.smoothed[60]
+    eyes = np.concatenate([p[[33, 133, 362, 263], :2]])
+    (x0, y0), (x1, y1) = eyes.min(0).astype(int) - 4, eyes.max(0).astype(int) + 4
+    assert np.abs(src[y0:y1, x0:x1] - got[y0:y1, x0:x1]).mean() > 6  # the eyes are redrawn too
+    assert np.abs(src[:60, :60] - got[:60, :60]).mean() < 3           # the background is the source's
