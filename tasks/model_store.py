@@ -74,9 +74,11 @@ def load_model(settings: Settings, override: str | os.PathLike | None = None) ->
     folder = model_dir(settings, override)
     device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return ReSyncer.load(folder, device)
+        model = ReSyncer.load(folder, device)
     except (CheckpointError, OSError, RuntimeError, KeyError, TypeError) as e:
         raise ResyncError(ErrorClass.MODEL_ERROR, f"cannot load the model in {folder}: {e}") from e
+    model.compile_cache_dir = settings.compile_cache_dir
+    return model
 
 
 def local_model_dir(storage: Storage, settings: Settings, uri: str) -> Path:

@@ -12,10 +12,10 @@ from models.config import CPU, replace
 from models.resyncer import ModelCard, ReSyncer
 
 
-def small() -> ReSyncer:
+def small(seed: int = 0) -> ReSyncer:
     cfg = replace(CPU, syncformer=replace(CPU.syncformer, audio_dim=16, d_model=32, heads=2, max_frames=40, dropout=0.0),
                   generator=replace(CPU.generator, size=32), discriminator=replace(CPU.discriminator, size=32))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ReSyncer(cfg, ModelCard(audio_features="logmel-test"))
     torch.nn.init.normal_(model.syncformer.head.weight, std=0.05)  # a non-trivial output
     return model.eval()
@@ -79,11 +79,25 @@ def test_one_style_for_the_batch_folds_into_the_weights_exactly():
     assert torch.allclose(folded, per_sample, atol=1e-5)
 
 
-def test_compiled_render_matches_eager_and_pads_short_batches():
+def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_across_weights(tmp_path):
+    """The ahead-of-time package: compiled once, matching eager on short (padded) and long (split)
+    batches; a model with other weights loads the same package with its own weights."""
     model = small()
+    model.compile_cache_dir = str(tmp_path)
     codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
-    mesh, masked = torch.rand(3, 1, 32, 32), torch.rand(3, 3, 32, 32) * 2 - 1
+    mesh, masked = torch.rand(11, 1, 32, 32), torch.rand(11, 3, 32, 32) * 2 - 1
     eager = model.render(mesh, masked, codes)
-    compiled = model.render(mesh, masked, codes, compiled=True, batch=8)   # padded to the compiled shape
+    compiled = model.render(mesh, masked, codes, compiled=True, batch=8)   # 8 + 3 padded to 8
     assert compiled.shape == eager.shape and not model._compile_failed
     assert torch.allclose(compiled, eager, atol=1e-4)
+    packages = list(tmp_path.glob("*.pt2"))
+    assert len(packages) == 1
+    stamp = packages[0].stat().st_mtime_ns
+
+    other = small(seed=1)                         # other weights, same configuration
+    other.compile_cache_dir = str(tmp_path)
+    codes = other.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
+    mine = other.render(mesh[:8], masked[:8], codes, compiled=True, batch=8)
+    assert torch.allclose(mine, other.render(mesh[:8], masked[:8], codes), atol=1e-4)
+    assert not torch.allclose(mine, model.render(mesh[:8], masked[:8], codes), atol=1e-2)
+    assert list(tmp_path.glob("*.pt2")) == packages and packages[0].stat().st_mtime_ns == stamp  # not recompiled
