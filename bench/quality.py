@@ -301,8 +301,8 @@ def swap_row(storage: Storage, settings: Settings, model: ReSyncer, features, tr
     source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
     identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
     out = str(scratch / "swap.mp4")
-    dub(storage, settings, src_uri, DubInputs(src_uri, reference_crop=identity.crop, reference_template=identity.template),
-        out, model, features, source)
+    dub(storage, settings, src_uri, DubInputs(src_uri, reference_crop=identity.crop, reference_template=identity.template,
+                                              reference_vertices=identity.vertices), out, model, features, source)
     swapped = track_video(storage, settings, out)
     to_ref, to_src = swap_distances(storage, FaceIdentity(), (out, swapped), (src_uri, source), (ref_uri, ref))
     ok = swapped.valid & source.valid

@@ -83,8 +83,12 @@ def through_flow(video: Path, audio: Path, scratch: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"nightly run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout[proc.stdout.find("{"):])
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(root / "manifests" / "dubs")).to_pyarrow_table(columns=["stage_seconds"]).to_pylist()
+    stages = dict(rows[0]["stage_seconds"]) if rows and rows[0]["stage_seconds"] else {}
     return {"process_wall_s": wall, "flow_wall_s": summary["wall_s"], "video_s": summary["video_seconds"],
-            "succeeded": summary["succeeded"]}
+            "succeeded": summary["succeeded"], "stages": stages}
 
 
 def main() -> None:
@@ -136,6 +140,9 @@ def main() -> None:
         t.add_row("nightly flow, 1 item (flow wall)", f"{flow['flow_wall_s']:.1f}", f"{vs / flow['flow_wall_s']:.2f}",
                   f"{flow['flow_wall_s'] / floor:.0f}", "-")
     console.print(t)
+    if flow and flow["stages"]:
+        console.print("nightly flow, the item's stage seconds (manifest): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in flow["stages"].items()))
     out = REPO / "bench" / "results" / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"clip": args.clip, "audio": args.audio, "floor_s": floor, "item": item, "flow": flow}, indent=1))

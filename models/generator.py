@@ -23,6 +23,18 @@ from models.config import GeneratorConfig
 from models.layers import ConvLayer, EqualLinear, ResBlock, StyledConv, ToRGB
 
 
+def masked_target(crops: torch.Tensor, masks: torch.Tensor, texture: torch.Tensor | None = None,
+                  coverage: torch.Tensor | None = None) -> torch.Tensor:
+    """What the generator sees of the target: the crop with the region it redraws blanked. For a
+    face swap the blank is filled with the other person's face texture moved onto the mesh
+    (``models.renderer.warp_texture``) where it covers: the identity arrives as pixels, and the
+    generator corrects the mouth, the light and the seams."""
+    out = crops * (1 - masks)
+    if texture is not None:
+        out = out + texture * masks * (coverage if coverage is not None else 1)
+    return out
+
+
 class GuideEncoder(nn.Module):
     """(mesh rendering, masked target) -> feature maps at every resolution from ``size`` down to 4."""
 

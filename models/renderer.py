@@ -85,38 +85,28 @@ def _shading(v: torch.Tensor, tris: torch.Tensor, smooth: bool) -> torch.Tensor:
     return AMBIENT + DIFFUSE * cos
 
 
-@torch.no_grad()
-def render_mesh(vertices: Vertices, size: int, triangles: Vertices | None = None, smooth: bool = True) -> torch.Tensor:
-    """White shaded, z-buffered rendering of meshes in crop pixel coordinates.
+def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int, payload: torch.Tensor | None) -> torch.Tensor:
+    """Rasterize meshes; returns (B * size * size,) int32 keys, ``int32 max`` where nothing is drawn.
 
-    vertices: (B, V, 3) (or one (V, 3) mesh) x, y in pixels of a ``size`` crop, pixel centres at
-    integer coordinates; z in the same scale, negative = closer. triangles: (F, 3) vertex indices, default the Face Mesh; consistently oriented when ``smooth``
-    (flat shading accepts any orientation). Returns (B, 1, size, size) float32 in [0, 1], 0 where
-    nothing is drawn, on the device of ``vertices``.
+    Each key packs the depth (16 bits, so one scatter-min is the z-test) over a 15-bit payload: the
+    shade interpolated over each triangle from ``payload`` (B, F, 3) in [0, 1], or with ``payload``
+    None the triangle's index (for ``correspondence``).
     """
-    v = _as_vertices(vertices)
-    tris = _face_triangles() if triangles is None else torch.as_tensor(triangles).long()
-    tris = tris.to(v.device)
     bsz, n_tri, dev = v.shape[0], tris.shape[0], v.device
-    empty = torch.zeros(bsz, 1, size, size, device=dev)
-    if n_tri == 0 or bsz == 0:
-        return empty
-
+    none = torch.iinfo(torch.int32).max
     # Per triangle: barycentric coordinate k as an affine function of the pixel centre,
-    # b_k = ax_k * px + ay_k * py + c_k, and the planes of depth and shade.
-    shade = _shading(v, tris, smooth)                        # (B, F, 3)
+    # b_k = ax_k * px + ay_k * py + c_k, and the planes of depth and payload.
     corners = v[:, tris]                                     # (B, F, 3 corners, xyz)
+    ax, ay, c, area = _barycentric_planes(corners)
     x, y, z = corners.unbind(-1)                             # (B, F, 3) each
-    x1, y1, x2, y2 = x.roll(-1, 2), y.roll(-1, 2), x.roll(-2, 2), y.roll(-2, 2)  # the next two corners
-    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
-    inv = 1 / area.unsqueeze(-1)
-    ax, ay, c = -(y2 - y1) * inv, (x2 - x1) * inv, ((y2 - y1) * x1 - (x2 - x1) * y1) * inv
-    ax = torch.where(ax == 0, torch.full_like(ax, 1e-30), ax)  # a horizontal edge: see the span bounds below
     # Depth normalised to [0, 1] per image (for the packed z-buffer key); a plane in the pixel, like the shade.
     finite, inf = torch.isfinite(v[..., 2]), float("inf")
     z_lo, z_hi = v[..., 2].where(finite, inf).amin(1), v[..., 2].where(finite, -inf).amax(1)
     z = (z - z_lo[:, None, None]) / (z_hi - z_lo).clamp_min(1e-6)[:, None, None]
-    planes = [torch.stack([(ax * q).sum(-1), (ay * q).sum(-1), (c * q).sum(-1)], -1) for q in (z, shade)]
+    if payload is None:  # the triangle's index, constant over it: a plane with no slope
+        ids = torch.arange(n_tri, device=dev, dtype=v.dtype)[None, :, None].expand(bsz, -1, 3)
+        payload = ids / 32767
+    planes = [torch.stack([(ax * q).sum(-1), (ay * q).sum(-1), (c * q).sum(-1)], -1) for q in (z, payload)]
     table = torch.cat([ax, ay, c, x.amin(-1, keepdim=True), x.amax(-1, keepdim=True), *planes], -1).flatten(0, 1)
 
     # Triangles -> scanlines: the pixel rows (integer y) each triangle spans.
@@ -137,7 +127,7 @@ def render_mesh(vertices: Vertices, size: int, triangles: Vertices | None = None
     x_hi = torch.minimum(torch.where(t_ax < 0, bound, inf).amin(1), t[:, 10]).floor().clamp_max(size - 1)
     span = (x_hi - x_lo + 1).clamp_min(0).long()
     offset = span.cumsum(0) - span
-    # Per scanline: depth and shade at a pixel index k of the whole run are start + slope * k.
+    # Per scanline: depth and payload at a pixel index k of the whole run are start + slope * k.
     zp, sp = t[:, 11:14], t[:, 14:17]
     z0 = zp[:, 0] * x_lo + zp[:, 1] * py + zp[:, 2]
     s0 = sp[:, 0] * x_lo + sp[:, 1] * py + sp[:, 2]
@@ -146,23 +136,97 @@ def render_mesh(vertices: Vertices, size: int, triangles: Vertices | None = None
     pix0 = first + py.long() * size + x_lo.long() - offset
 
     # Scanlines -> pixels.
+    zbuf = torch.full((bsz * size * size,), none, dtype=torch.int32, device=dev)
     row = torch.repeat_interleave(torch.arange(span.numel(), device=dev), span)
     if row.numel() == 0:
-        return empty
+        return zbuf
     k = torch.arange(row.numel(), device=dev)
     step = (k - offset[row]).to(v.dtype)
     r = rowdata.index_select(0, row)
     depth = r[:, 0] + r[:, 1] * step
     value = r[:, 2] + r[:, 3] * step
     pixel = pix0[row] + k
-
-    # z-buffer: the nearest surface (smallest z) wins each pixel. Depth (16 bits) and shade (15 bits)
-    # are packed in one int32 key, so a single scatter-min both tests depth and picks the shade.
+    # z-buffer: the nearest surface (smallest z) wins each pixel. Depth (16 bits) and payload (15 bits)
+    # are packed in one int32 key, so a single scatter-min both tests depth and picks the payload.
     key = ((depth.clamp(0, 1) * 65534).round().int() << 15) | (value.clamp(0, 1) * 32767).round().int()
-    none = torch.iinfo(torch.int32).max
-    zbuf = torch.full((bsz * size * size,), none, dtype=torch.int32, device=dev).scatter_reduce_(0, pixel, key, "amin")
-    image = torch.where(zbuf == none, 0, zbuf & 0x7FFF).float() / 32767
+    return zbuf.scatter_reduce_(0, pixel, key, "amin")
+
+
+def _barycentric_planes(corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ax, ay, c, area) of triangles (..., 3 corners, xy[z]): barycentric coordinate k of pixel
+    (px, py) is ax_k * px + ay_k * py + c_k."""
+    x, y = corners[..., 0], corners[..., 1]
+    x1, y1, x2, y2 = x.roll(-1, -1), y.roll(-1, -1), x.roll(-2, -1), y.roll(-2, -1)  # the next two corners
+    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
+    inv = 1 / area.unsqueeze(-1)
+    ax, ay, c = -(y2 - y1) * inv, (x2 - x1) * inv, ((y2 - y1) * x1 - (x2 - x1) * y1) * inv
+    ax = torch.where(ax == 0, torch.full_like(ax, 1e-30), ax)  # a horizontal edge: see the span bounds
+    return ax, ay, c, area
+
+
+@torch.no_grad()
+def render_mesh(vertices: Vertices, size: int, triangles: Vertices | None = None, smooth: bool = True) -> torch.Tensor:
+    """White shaded, z-buffered rendering of meshes in crop pixel coordinates.
+
+    vertices: (B, V, 3) (or one (V, 3) mesh) x, y in pixels of a ``size`` crop, pixel centres at
+    integer coordinates; z in the same scale, negative = closer. triangles: (F, 3) vertex indices, default the Face Mesh; consistently oriented when ``smooth``
+    (flat shading accepts any orientation). Returns (B, 1, size, size) float32 in [0, 1], 0 where
+    nothing is drawn, on the device of ``vertices``.
+    """
+    v = _as_vertices(vertices)
+    tris = _face_triangles() if triangles is None else torch.as_tensor(triangles).long()
+    tris = tris.to(v.device)
+    bsz = v.shape[0]
+    if tris.shape[0] == 0 or bsz == 0:
+        return torch.zeros(bsz, 1, size, size, device=v.device)
+    zbuf = _zbuffer(v, tris, size, _shading(v, tris, smooth))
+    image = torch.where(zbuf == torch.iinfo(torch.int32).max, 0, zbuf & 0x7FFF).float() / 32767
     return image.view(bsz, 1, size, size)
+
+
+# The holes of the Face Mesh a texture should cover: MediaPipe's eye contours (image-left eye, then
+# image-right), closed with triangle fans for ``warp_texture`` (the inner mouth stays a hole: what
+# is inside depends on the expression, so the generator draws it).
+EYE_LOOPS = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
+             (362, 382, 381, 380, 374, 373, 390, 249, 263, 466, 388, 387, 386, 385, 384, 398))
+
+
+@lru_cache(maxsize=1)
+def _texture_triangles() -> torch.Tensor:
+    fans = [(loop[0], loop[k], loop[k + 1]) for loop in EYE_LOOPS for k in range(1, len(loop) - 1)]
+    return torch.cat([_face_triangles(), torch.tensor(fans, dtype=torch.int64)])
+
+
+@torch.no_grad()
+def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the face in ``images`` onto other meshes: each pixel the target mesh covers takes the
+    colour at the same point of the source mesh (same triangle, same barycentric coordinates).
+
+    images: (B, 3, H, W); source: (B, V, 2+) the face's vertices in pixels of ``images``; target:
+    (B, V, 3) meshes in pixels of a ``size`` crop. Returns the warped (B, 3, size, size) (0 where
+    not covered) and the coverage (B, 1, size, size) in {0, 1}. Face swapping gives the generator
+    another person's skin, eyes and brows where the mesh says, as a texture, not only as a style.
+    """
+    v = _as_vertices(target)
+    src = torch.as_tensor(source, dtype=v.dtype, device=v.device)[..., :2]
+    tris = _texture_triangles().to(v.device)
+    bsz, none = v.shape[0], torch.iinfo(torch.int32).max
+    zbuf = _zbuffer(v, tris, size, None).view(bsz, size * size)
+    covered = zbuf != none
+    tri = torch.where(covered, (zbuf & 0x7FFF).long(), 0)  # (B, P) triangle under each pixel
+    ax, ay, c, _ = _barycentric_planes(v[:, tris][..., :2])      # (B, F, 3) each
+    pix = torch.arange(size * size, device=v.device)
+    px, py = (pix % size).to(v.dtype), (pix // size).to(v.dtype)
+    pick = lambda q: torch.gather(q, 1, tri[..., None].expand(-1, -1, 3))  # noqa: E731 - (B, P, 3)
+    bary = pick(ax) * px[None, :, None] + pick(ay) * py[None, :, None] + pick(c)
+    corners = src[:, tris]                                        # (B, F, 3, 2)
+    where = (torch.gather(corners, 1, tri[..., None, None].expand(-1, -1, 3, 2)) * bary[..., None]).sum(2)
+    h, w = images.shape[-2:]
+    grid = torch.stack([where[..., 0] / max(w - 1, 1), where[..., 1] / max(h - 1, 1)], -1) * 2 - 1
+    warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, size, size, 2), mode="bilinear",
+                                             padding_mode="border", align_corners=True)
+    mask = (covered & torch.isfinite(where).all(-1)).view(bsz, 1, size, size).float()
+    return torch.nan_to_num(warped) * mask, mask
 
 
 class MeshRenderer(nn.Module):

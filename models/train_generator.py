@@ -5,11 +5,12 @@ another frame of the same video: the generator must redraw the mouth the mesh as
 identity the reference shows. Frames at the end of every clip are held out; lower-face PSNR on them
 is the validation metric, and the best weights are kept.
 
-Face swapping rewires the same inputs (DESIGN section 2): the whole face is masked, so the face can
-only come from the reference. A share of every batch (``swap_share``) is trained that way, with
-the reference from another frame of the same speaker; at inference the reference is another
-person's. Without this the generator learns to copy identity from the unmasked upper face and
-ignores the reference's.
+Face swapping rewires the same inputs (DESIGN section 2): the whole face is masked and filled with
+the reference frame's face texture moved onto the target's mesh, so the face can only come from
+the reference. A share of every batch (``swap_share``) is trained that way, with the reference
+from another frame of the same speaker (other pose, other expression); at inference the
+reference is another person's. Masking alone is not enough: trained so, the generator drew a
+blurred average face (dlib distance to the reference 0.77, to the source 0.78).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch
 
 from models.discriminator import Discriminator
 from models.early_stopping import EarlyStopping
-from models.generator import Generator
+from models.generator import Generator, masked_target
 from models.losses import (discriminator_adversarial, feature_matching, generator_adversarial, ms_ssim_loss,
                            r1_penalty, weighted_l1)
 from models.precision import autocast
+from models.renderer import warp_texture
 
 
 @dataclass
@@ -36,6 +38,7 @@ class GeneratorData:
     clip: torch.Tensor     # (N,) clip index of each frame (references come from the same clip)
     time: torch.Tensor     # (N,) position of the frame within its clip, 0..1
     face_masks: torch.Tensor | None = None  # (N, 1, S, S) soft whole-face mask (face-swap training)
+    verts: torch.Tensor | None = None       # (N, V, 3) tracked mesh in crop pixels (face-swap textures)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -67,9 +70,9 @@ class GeneratorTraining:
     log: list[dict] = field(default_factory=list)
 
 
-def masked_input(crops: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The target with its lower face blanked: the generator sees pose, light and background only."""
-    return crops * (1 - masks)
+def swap_texture(data: GeneratorData, target: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference frames' faces moved onto the target frames' meshes (texture, coverage)."""
+    return warp_texture(data.crops[ref], data.verts[ref], data.verts[target], data.crops.shape[-1])
 
 
 def lower_face_psnr(fake: torch.Tensor, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -106,7 +109,8 @@ def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torc
         for lo in range(0, len(idx), batch):
             i, r = idx[lo:lo + batch], ref_idx[lo:lo + batch]
             real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), masks[i].to(dev)
-            fake = g(mesh, masked_input(real, mask), data.crops[r].to(dev))
+            texture, cover = swap_texture(data, i, r) if swap else (None, None)
+            fake = g(mesh, masked_target(real, mask, texture, cover), data.crops[r].to(dev))
             scores.append(lower_face_psnr(fake.float(), real, mask).cpu())
     g.train()
     return float(torch.cat(scores).mean())
@@ -138,7 +142,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     if len(val_idx) > cfg.max_eval_frames:
         val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
     val_ref = references(data, val_idx, gen, train_idx)  # fixed references: comparable evaluations
-    swapping = cfg.swap_share > 0 and data.face_masks is not None
+    swapping = cfg.swap_share > 0 and data.face_masks is not None and data.verts is not None
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()
@@ -149,12 +153,15 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
         r = references(data, i, gen, train_idx)
         real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+        texture = cover = None
         if swapping:
             swap = swap_flags(len(i), cfg.swap_share, gen).to(dev)[:, None, None, None]
             mask = torch.where(swap, data.face_masks[i].to(dev), mask)
+            texture, cover = swap_texture(data, i, r)
+            texture, cover = texture.to(dev), cover.to(dev) * swap
         adversarial = step > cfg.adv_start
         with autocast(torch.device(dev), cfg.amp):
-            fake = g(mesh, masked_input(real, mask), data.crops[r].to(dev)).float()
+            fake = g(mesh, masked_target(real, mask, texture, cover), data.crops[r].to(dev)).float()
         loss = weighted_l1(fake, real, mask, cfg.mouth_weight) + cfg.ssim_weight * ms_ssim_loss(fake, real)
         if perceptual is not None:
             loss = loss + cfg.perceptual_weight * perceptual(fake, real)
@@ -198,4 +205,4 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     return summary
 
 
-__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "lower_face_psnr", "masked_input", "swap_flags"]
+__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "lower_face_psnr", "swap_flags", "swap_texture"]

@@ -11,8 +11,12 @@ from __future__ import annotations
 import importlib.util
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tasks.track import TrackResult
 
 
 def models_folder() -> Path:

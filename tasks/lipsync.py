@@ -37,7 +37,8 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
-from models.renderer import face_mask, mouth_mask, render_mesh
+from models.generator import masked_target
+from models.renderer import face_mask, mouth_mask, render_mesh, warp_texture
 from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, load_audio
 from tasks.composite import composite
@@ -156,6 +157,7 @@ class DubInputs:
     style_displacements: np.ndarray | None = None  # reference motion whose style to speak in
     reference_crop: np.ndarray | None = None     # (S, S, 3) uint8 identity to draw
     reference_template: np.ndarray | None = None  # (V, 3) that identity's face shape: a face swap
+    reference_vertices: np.ndarray | None = None  # (V, 3) that face's mesh in the reference crop's pixels
 
     @property
     def swaps_face(self) -> bool:
@@ -190,13 +192,15 @@ def crop_vertices(track: TrackResult, canonical: np.ndarray, usable: np.ndarray,
 @torch.no_grad()
 def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts: np.ndarray, codes: torch.Tensor,
            timings: dict[str, float] | None = None, amp: bool = False, compiled: bool = False,
-           batch: int | None = None, whole_face: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           batch: int | None = None, whole_face: bool = False,
+           texture: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Redraw the lower face (or with ``whole_face`` the whole face) of aligned crops (B, S, S, 3)
     uint8 for the meshes ``new_verts``.
 
     The mask covers both the old and the new face (an opening jaw reaches lower than the closed
-    one; a swapped face may be wider). Returns the generated crops (uint8) and that mask (B, S, S)
-    in [0, 1].
+    one; a swapped face may be wider). ``texture`` (a face swap): (crop, its vertices) of the person
+    to show, whose face is moved onto ``new_verts`` and fills the mask. Returns the generated crops
+    (uint8) and that mask (B, S, S) in [0, 1].
     """
     t = time.perf_counter()
     size = crops.shape[1]
@@ -205,8 +209,14 @@ def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts:
     mask = torch.maximum(region(torch.from_numpy(new_verts), size), region(torch.from_numpy(old_verts), size))
     if timings is not None:
         timings["render_s"] = timings.get("render_s", 0.0) + time.perf_counter() - t
-    target = _to_tensor(crops)
-    fake = model.render(mesh, target * (1 - mask), codes, amp=amp, compiled=compiled, batch=batch)
+    moved = coverage = None
+    if texture is not None:
+        n = len(crops)
+        ref = _to_tensor(texture[0][None]).expand(n, -1, -1, -1)
+        ref_verts = torch.from_numpy(texture[1][None].astype(np.float32)).expand(n, -1, -1)
+        moved, coverage = warp_texture(ref, ref_verts, torch.from_numpy(new_verts), size)
+    target = masked_target(_to_tensor(crops), mask, moved, coverage)
+    fake = model.render(mesh, target, codes, amp=amp, compiled=compiled, batch=batch)
     return _to_uint8(fake), mask[:, 0].numpy()
 
 
@@ -287,6 +297,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
         rendered = 0
         whole_face = inputs.swaps_face
+        texture = (ref, inputs.reference_vertices) if whole_face and inputs.reference_vertices is not None else None
 
         def redraw_chunk(chunk) -> tuple[object, np.ndarray, dict[str, float], int]:
             local = {"redraw_s": 0.0, "render_s": 0.0, "composite_s": 0.0}
@@ -297,7 +308,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                 t1 = time.perf_counter()
                 crops = np.stack([warp_crop(chunk.frames[k], mats[i], size) for k, i in zip(todo, ii)])
                 gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, local, settings.amp_inference,
-                                settings.compile_generator, settings.decode_chunk, whole_face)
+                                settings.compile_generator, settings.decode_chunk, whole_face, texture)
                 t3 = time.perf_counter()
                 for j, (k, i) in enumerate(zip(todo, ii)):
                     out[k] = composite(chunk.frames[k], gen[j], mats[i], m[j])
@@ -308,7 +319,6 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         workers = redraw_workers(settings, model)
 
         def frames() -> Iterator[np.ndarray]:
-            nonlocal rendered
             pending: deque = deque()
             observed: deque = deque()
             with ThreadPoolExecutor(workers, thread_name_prefix="redraw") as pool, \

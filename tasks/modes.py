@@ -88,6 +88,7 @@ class ReferenceIdentity:
     face shape (the canonical template the planned meshes are built on)."""
     crop: np.ndarray       # (S, S, 3) uint8
     template: np.ndarray   # (478, 3) canonical mesh, unit eye distance
+    vertices: np.ndarray   # (478, 3) the face's landmarks in the crop's pixels (its texture coordinates)
 
 
 def reference_from_image(storage: Storage, settings: Settings, uri: str, size: int) -> ReferenceIdentity:
@@ -111,17 +112,27 @@ def reference_from_image(storage: Storage, settings: Settings, uri: str, size: i
         raise ResyncError(ErrorClass.NO_FACE, "no face in the reference image", item=uri)
     face = max(faces, key=lambda f: f.width)
     points = face.points.astype(np.float64)
-    crop = warp_crop(rgb, crop_matrix(points, size), size)
-    return ReferenceIdentity(crop, build_template(points[None], np.ones(1, bool)).astype(np.float32))
+    matrix = crop_matrix(points, size)
+    return ReferenceIdentity(warp_crop(rgb, matrix, size), build_template(points[None], np.ones(1, bool)).astype(np.float32),
+                             to_crop_pixels(points, matrix))
 
 
 def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: int, crop_size: int) -> ReferenceIdentity:
     """The identity of a tracked video's speaker: its most typical frontal frame and its template."""
     usable = renderable(track)
     i = reference_frame(track, usable)
+    matrix = track.crop[i] * (size / crop_size)
     with VideoSource(storage, uri) as video:
-        crop = warp_crop(video.frame(i), track.crop[i] * (size / crop_size), size)
-    return ReferenceIdentity(crop, track.templates[track.shot_index[i]].astype(np.float32))
+        crop = warp_crop(video.frame(i), matrix, size)
+    return ReferenceIdentity(crop, track.templates[track.shot_index[i]].astype(np.float32),
+                             to_crop_pixels(track.smoothed[i].astype(np.float64), matrix))
+
+
+def to_crop_pixels(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(V, 3) image landmarks -> the pixels of the crop ``matrix`` (2, 3) makes (z scaled like x, y)."""
+    xy = points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    z = points[:, 2:] * np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    return np.concatenate([xy, z], 1).astype(np.float32)
 
 
 __all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "ReferenceIdentity",

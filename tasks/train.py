@@ -30,7 +30,7 @@ from models.train_syncformer import Sequence, SyncFormerTraining, train_syncform
 from tasks.audio import load_audio
 from tasks.landmarks import LIPS
 from tasks.lipsync import fit_audio_length, renderable, video_duration
-from tasks.track import TrackResult, track_cached, track_video
+from tasks.track import TrackResult, track_cached
 from tasks.training_data import ClipData, load_clip
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
 def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
     """Stack every usable frame: crops in [-1, 1], the tracked mesh rendered, the lower-face and
     whole-face masks."""
-    crops, meshes, masks, faces, clip_ids, times = [], [], [], [], [], []
+    crops, meshes, masks, faces, verts_all, clip_ids, times = [], [], [], [], [], [], []
     for k, c in enumerate(clips):
         size = c.clip.size
         for lo in range(0, len(c.clip), batch):
@@ -82,11 +82,12 @@ def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
             meshes.append(render_mesh(verts, size))
             masks.append(mouth_mask(verts, size))
             faces.append(face_mask(verts, size))
+            verts_all.append(verts.float())
         crops.append(torch.from_numpy(c.clip.crops).permute(0, 3, 1, 2).float().div(127.5).sub(1))
         clip_ids.append(torch.full((len(c.clip),), k, dtype=torch.long))
         times.append(torch.from_numpy(c.clip.frames / max(c.n_frames - 1, 1)).float())
     return GeneratorData(torch.cat(crops), torch.cat(meshes), torch.cat(masks), torch.cat(clip_ids), torch.cat(times),
-                         torch.cat(faces))
+                         torch.cat(faces), torch.cat(verts_all))
 
 
 # The base holds out the last 30% of every clip: exactly the eval split of bench/quality (DESIGN

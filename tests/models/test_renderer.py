@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.renderer import AMBIENT, FACE_OVAL, TRIANGLES_PATH, MeshRenderer, face_mask, load_triangles, mouth_mask, render_mesh
+from models.renderer import (AMBIENT, FACE_OVAL, TRIANGLES_PATH, MeshRenderer, face_mask, load_triangles, mouth_mask,
+                             render_mesh, warp_texture)
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO.parent / "shared" / "data" / "videos" / "speaker_map_5s.mp4"
@@ -216,6 +217,38 @@ def test_face_mask_covers_eyes_and_mouth_and_contains_the_mouth_mask(clip, size)
         corners = [(0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)]
         assert max(f[y, x] for y, x in corners) < 0.01  # background stays
         assert pixel(f, v[FACE_OVAL[0], :2]) > 0.3  # the oval's top reaches the forehead
+
+
+def test_warp_texture_moves_a_face_onto_another_frames_mesh(clip):
+    """The texture of one frame's face, moved onto another frame's mesh, lines up with that frame
+    (better than the unwarped crop does); eyes are covered, the open inner mouth is not."""
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+    from tasks.decode import VideoSource
+    from tasks.geometry import warp_crop
+
+    points, crops, crop_size, closed, opened = clip
+    size = 128
+    with VideoSource(Storage(Settings(allowed_roots=[str(CLIP.parent)])), str(CLIP)) as video:
+        img = {i: warp_crop(video.frame(i), crops[i] * (size / crop_size), size) for i in (closed, opened)}
+    tensor = {i: torch.from_numpy(im).permute(2, 0, 1)[None].float() / 127.5 - 1 for i, im in img.items()}
+    mesh = {i: frame_mesh(clip, i, size) for i in (closed, opened)}
+
+    same, cover = warp_texture(tensor[closed], mesh[closed][None], mesh[closed][None], size)
+    inside = cover[0, 0].bool()
+    assert inside.float().mean() > 0.2 and cover.max() == 1 and cover.min() == 0
+    assert (same - tensor[closed])[0][:, inside].abs().mean() < 0.03    # onto its own mesh: unchanged
+    assert same[0][:, ~inside].abs().max() == 0                        # nothing drawn outside
+
+    moved, cover = warp_texture(tensor[closed], mesh[closed][None], mesh[opened][None], size)
+    inside = cover[0, 0].bool()
+    m = mesh[opened]
+    assert all(pixel(cover[0, 0].numpy(), m[k, :2]) == 1 for k in (468, 473))  # iris centres: the eye fans
+    lips = m[INNER_LIPS, :2]
+    assert pixel(cover[0, 0].numpy(), lips.mean(0)) == 0                 # the open mouth stays a hole
+    warped_err = (moved - tensor[opened])[0][:, inside].abs().mean()
+    plain_err = (tensor[closed] - tensor[opened])[0][:, inside].abs().mean()
+    assert warped_err < plain_err, (warped_err, plain_err)
 
 
 # --- timings (printed, not asserted) ------------------------------------------------------------
