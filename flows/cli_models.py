@@ -34,10 +34,10 @@ def dub(
                                                 "this video's tracked motion, retargeted to this speaker."),
     style_from: Optional[str] = typer.Option(None, "--style-from", help="Speaking-style transfer: a catalog speaker id "
                                              "or a video whose speaker's mouth dynamics to speak with."),
-    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swapping (experimental: the "
-                                                 "identity does not transfer yet, see bench/quality's face-swap row): an image or "
-                                                 "video of the person to show; the whole face is redrawn from their crop and "
-                                                 "face shape, with this video's pose, motion and background."),
+    reference_from: Optional[str] = typer.Option(None, "--reference-from", help="Face swapping: an image or video of "
+                                                 "the person to show; the whole face is redrawn from their face (texture moved "
+                                                 "onto the mesh, appearance codes, face shape) with this video's pose, motion, "
+                                                 "light and background."),
     model: Optional[str] = ModelOpt,
     track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
                                              "instead of tracking again."),

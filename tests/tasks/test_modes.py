@@ -1,4 +1,4 @@
-"""Video-driven lip sync and speaking-style transfer with the bundled base model, on real clips."""
+"""Video-driven lip sync, speaking-style transfer and face swapping with the bundled base model, on real clips."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from tasks import model_store, modes
 from tasks.audio import load_audio
 from tasks.decode import VideoSource
+from tasks.identity import FaceIdentity, swap_distances
 from tasks.landmarks import mouth_opening
 from tasks.lipsync import DubInputs, dub
 from tasks.track import track_video
@@ -78,16 +79,15 @@ def test_style_source_changes_the_mouth_amplitude_its_way(env):
 
 def test_face_swap_redraws_the_whole_face_and_keeps_the_rest(env):
     """--reference-from rewires the generator's style path to another person and redraws the whole
-    face (eyes included) on that person's face shape; background, frames and audio rules are kept.
-    (Whether the identity transfers is measured by bench/quality's face-swap row, not asserted.)"""
+    face (eyes included) on that person's face shape; background, frames and audio rules are kept."""
     settings, storage, model, features, data, root, tracks = env
     source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
     uri, ref_uri = str(data / "videos" / "speaker_map_5s.mp4"), str(data / "videos" / "speaker_glasses_5s.mp4")
     identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
     assert identity.crop.shape == (model.size, model.size, 3) and identity.template.shape == (478, 3)
     out = str(root / "swap.mp4")
-    result = dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template),
-                 out, model, features, source)
+    result = dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template,
+                                                   reference_vertices=identity.vertices), out, model, features, source)
     assert result.frames == source.n_frames and result.rendered_frames > 0.9 * source.n_frames
     assert load_audio(storage, out).duration_s == pytest.approx(result.video_seconds, abs=0.06)
     with VideoSource(storage, uri) as a, VideoSource(storage, out) as b:
@@ -97,3 +97,23 @@ def test_face_swap_redraws_the_whole_face_and_keeps_the_rest(env):
     (x0, y0), (x1, y1) = eyes.min(0).astype(int) - 4, eyes.max(0).astype(int) + 4
     assert np.abs(src[y0:y1, x0:x1] - got[y0:y1, x0:x1]).mean() > 6  # the eyes are redrawn too
     assert np.abs(src[:60, :60] - got[:60, :60]).mean() < 3           # the background is the source's
+
+
+def test_face_swap_shows_the_reference_identity_with_the_source_pose(env):
+    """speaker_map_5s shown with speaker_glasses_5s's identity: on most sampled frames the output's
+    dlib descriptor is nearer the reference person than the source person, and the head pose
+    (re-tracked) is the source's."""
+    settings, storage, model, features, data, root, tracks = env
+    source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
+    uri, ref_uri = str(data / "videos" / "speaker_map_5s.mp4"), str(data / "videos" / "speaker_glasses_5s.mp4")
+    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
+    out = str(root / "swap_identity.mp4")
+    dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template,
+                                          reference_vertices=identity.vertices), out, model, features, source)
+    swapped = track_video(storage, settings, out)
+    to_reference, to_source = swap_distances(storage, FaceIdentity(), (out, swapped), (uri, source), (ref_uri, ref))
+    assert len(to_reference) >= 0.8 * len(range(0, source.n_frames, 5))
+    assert np.mean(to_reference < to_source) > 0.7 and to_reference.mean() < to_source.mean(), (to_reference, to_source)
+    ok = swapped.valid & source.valid
+    assert ok.mean() > 0.9
+    assert np.abs(swapped.euler[ok] - source.euler[ok]).mean() < 3.0  # degrees: the pose is the source's
