@@ -299,10 +299,9 @@ def swap_row(storage: Storage, settings: Settings, model: ReSyncer, features, tr
     videos = SHARED / "videos"
     src_uri, ref_uri = str(videos / "speaker_map_5s.mp4"), str(videos / "speaker_glasses_5s.mp4")
     source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
-    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
     out = str(scratch / "swap.mp4")
-    dub(storage, settings, src_uri, DubInputs(src_uri, reference_crop=identity.crop, reference_template=identity.template,
-                                              reference_vertices=identity.vertices), out, model, features, source)
+    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
+    dub(storage, settings, src_uri, modes.swap_face(DubInputs(src_uri), identity), out, model, features, source)
     swapped = track_video(storage, settings, out)
     to_ref, to_src = swap_distances(storage, FaceIdentity(), (out, swapped), (src_uri, source), (ref_uri, ref))
     ok = swapped.valid & source.valid

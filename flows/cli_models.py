@@ -88,8 +88,7 @@ def dub(
                     ref_track = track_video(storage, settings, reference_from, tick)
                     identity = modes.reference_from_video(storage, ref_track, reference_from, resyncer.size,
                                                           settings.crop_size)
-                inputs.reference_crop, inputs.reference_template = identity.crop, identity.template
-                inputs.reference_vertices = identity.vertices
+                modes.swap_face(inputs, identity)
             bar.update(task, description="dubbing", completed=0)
             result = dub_item(storage, settings, video, inputs, output, resyncer, features, track,
                               model_store.feature_cache(settings), tick)

@@ -22,7 +22,7 @@ from catalogs.storage import Storage
 from tasks.decode import VideoSource
 from tasks.geometry import build_template, crop_matrix, warp_crop
 from tasks.landmarks import MOUTH_CORNERS, LEFT_EYE, RIGHT_EYE, mouth_opening
-from tasks.lipsync import reference_frame, reference_window, renderable
+from tasks.lipsync import DubInputs, reference_frame, reference_window, renderable
 from tasks.track import TrackResult
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -128,6 +128,14 @@ def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: i
                              to_crop_pixels(track.smoothed[i].astype(np.float64), matrix))
 
 
+def swap_face(inputs: DubInputs, identity: ReferenceIdentity) -> DubInputs:
+    """``inputs`` rewired to show ``identity``: its crop drives the style path, its face texture and
+    face shape replace this speaker's."""
+    inputs.reference_crop, inputs.reference_template = identity.crop, identity.template
+    inputs.reference_vertices = identity.vertices
+    return inputs
+
+
 def to_crop_pixels(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(V, 3) image landmarks -> the pixels of the crop ``matrix`` (2, 3) makes (z scaled like x, y)."""
     xy = points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
@@ -135,5 +143,5 @@ def to_crop_pixels(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return np.concatenate([xy, z], 1).astype(np.float32)
 
 
-__all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "ReferenceIdentity",
+__all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "ReferenceIdentity", "swap_face",
            "reference_from_image", "reference_from_video"]

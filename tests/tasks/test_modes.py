@@ -86,8 +86,7 @@ def test_face_swap_redraws_the_whole_face_and_keeps_the_rest(env):
     identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
     assert identity.crop.shape == (model.size, model.size, 3) and identity.template.shape == (478, 3)
     out = str(root / "swap.mp4")
-    result = dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template,
-                                                   reference_vertices=identity.vertices), out, model, features, source)
+    result = dub(storage, settings, uri, modes.swap_face(DubInputs(uri), identity), out, model, features, source)
     assert result.frames == source.n_frames and result.rendered_frames > 0.9 * source.n_frames
     assert load_audio(storage, out).duration_s == pytest.approx(result.video_seconds, abs=0.06)
     with VideoSource(storage, uri) as a, VideoSource(storage, out) as b:
@@ -106,14 +105,13 @@ def test_face_swap_shows_the_reference_identity_with_the_source_pose(env):
     settings, storage, model, features, data, root, tracks = env
     source, ref = tracks["speaker_map_5s.mp4"], tracks["speaker_glasses_5s.mp4"]
     uri, ref_uri = str(data / "videos" / "speaker_map_5s.mp4"), str(data / "videos" / "speaker_glasses_5s.mp4")
-    identity = modes.reference_from_video(storage, ref, ref_uri, model.size, settings.crop_size)
     out = str(root / "swap_identity.mp4")
-    dub(storage, settings, uri, DubInputs(uri, reference_crop=identity.crop, reference_template=identity.template,
-                                          reference_vertices=identity.vertices), out, model, features, source)
-    swapped = track_video(storage, settings, out)
-    to_reference, to_source = swap_distances(storage, FaceIdentity(), (out, swapped), (uri, source), (ref_uri, ref))
+    dub(storage, settings, uri, modes.swap_face(DubInputs(uri), modes.reference_from_video(
+        storage, ref, ref_uri, model.size, settings.crop_size)), out, model, features, source)
+    retracked = track_video(storage, settings, out)
+    to_reference, to_source = swap_distances(storage, FaceIdentity(), (out, retracked), (uri, source), (ref_uri, ref))
     assert len(to_reference) >= 0.8 * len(range(0, source.n_frames, 5))
     assert np.mean(to_reference < to_source) > 0.7 and to_reference.mean() < to_source.mean(), (to_reference, to_source)
-    ok = swapped.valid & source.valid
+    ok = retracked.valid & source.valid
     assert ok.mean() > 0.9
-    assert np.abs(swapped.euler[ok] - source.euler[ok]).mean() < 3.0  # degrees: the pose is the source's
+    assert np.abs(retracked.euler[ok] - source.euler[ok]).mean() < 3.0  # degrees: the pose is the source's
