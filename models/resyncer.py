@@ -129,8 +129,10 @@ class ReSyncer(nn.Module):
             return out.float().clamp(-1, 1).cpu()
         step = batch or n
         outs = []
+        codes = codes.contiguous()
         for lo in range(0, n, step):
-            m, t = mesh[lo:lo + step], masked_target[lo:lo + step]
+            # the compiled code reads its inputs as contiguous, whatever their strides say
+            m, t = mesh[lo:lo + step].contiguous(), masked_target[lo:lo + step].contiguous()
             k = len(m)
             if k < step:
                 m = torch.cat([m, m.new_zeros((step - k, *m.shape[1:]))])

@@ -90,6 +90,8 @@ def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_acr
     compiled = model.render(mesh, masked, codes, compiled=True, batch=8)   # 8 + 3 padded to 8
     assert compiled.shape == eager.shape and not model._compile_failed
     assert torch.allclose(compiled, eager, atol=1e-4)
+    channels_last = masked.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the strides images come with
+    assert torch.allclose(model.render(mesh, channels_last, codes, compiled=True, batch=8), eager, atol=1e-4)
     packages = list(tmp_path.glob("*.pt2"))
     assert len(packages) == 1
     stamp = packages[0].stat().st_mtime_ns
