@@ -75,3 +75,24 @@ def test_finetune_records_lineage(clip, tmp_path):
     assert loaded.card.kind == "speaker" and loaded.card.speaker_id == "spk-map"
     assert loaded.card.parent == base.version and loaded.version == model.version != base.version
     assert summary["syncformer"]["steps"] >= 2
+
+
+def test_a_replaced_bundled_base_is_registered_under_its_new_version(tmp_path):
+    """A root registered the bundled base when it held other weights (an older release): the
+    registry's newest base becomes the bundled folder's current version, so dubs are credited to the
+    weights that made them; an unchanged bundle is not registered twice."""
+    from catalogs.delta import DeltaTables
+    from catalogs.registry import ModelRecord, ModelRegistry
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+
+    settings = Settings(root=str(tmp_path / "root"))
+    tables = DeltaTables(Storage(settings))
+    registry = ModelRegistry(tables)
+    registry.register(ModelRecord(model_id="base-cpu-old", kind="bundle", version="0123456789abcdef",
+                                  uri=f"{model_store.BUNDLED_SCHEME}base-cpu"))
+    current = model_store.ensure_base_model(tables, settings)
+    bundled = model_store.load_model(settings).version
+    assert current["version"] == bundled != "0123456789abcdef" and current["uri"] == f"{model_store.BUNDLED_SCHEME}base-cpu"
+    assert model_store.ensure_base_model(tables, settings)["version"] == bundled
+    assert len(registry.models()) == 2
