@@ -122,17 +122,18 @@ def publish_model(storage: Storage, folder: str | os.PathLike, uri: str) -> None
 def ensure_base_model(tables: DeltaTables, settings: Settings) -> dict:
     """The newest registered base model; registers the configured (or bundled) one when the
     registry has none, so that a fresh catalog can be dubbed at once. A bundled model that a new
-    release of this code replaced is registered again under its new version, so that the
-    manifest never credits new dubs to the weights the URI used to hold."""
+    release of this code replaced (or a local folder whose weights changed in place) is registered
+    again under its new version, so that the manifest never credits new dubs to the weights the
+    folder used to hold."""
     registry = ModelRegistry(tables)
     current = registry.latest(None)
-    if current is not None and not current["uri"].startswith(BUNDLED_SCHEME):
-        return current
     folder = model_dir(settings)
     if current is not None:
-        named = BUNDLED_BASE.parent / current["uri"][len(BUNDLED_SCHEME):]
-        folder = named if named.is_dir() else folder
-        if load_model(settings, folder).version == current["version"]:
+        uri = current["uri"]
+        if is_s3(uri):                     # published by us, never changed in place
+            return current
+        folder = BUNDLED_BASE.parent / uri[len(BUNDLED_SCHEME):] if uri.startswith(BUNDLED_SCHEME) else Path(uri).expanduser()
+        if not folder.is_dir() or load_model(settings, folder).version == current["version"]:
             return current
     uri = f"{BUNDLED_SCHEME}{folder.name}" if folder.resolve().parent == BUNDLED_BASE.parent else str(folder.resolve())
     model = load_model(settings, folder)

@@ -96,3 +96,8 @@ def test_a_replaced_bundled_base_is_registered_under_its_new_version(tmp_path):
     assert current["version"] == bundled != "0123456789abcdef" and current["uri"] == f"{model_store.BUNDLED_SCHEME}base-cpu"
     assert model_store.ensure_base_model(tables, settings)["version"] == bundled
     assert len(registry.models()) == 2
+    # the same for the folder registered by path (older releases did so), in another root
+    other = DeltaTables(Storage(Settings(root=str(tmp_path / "other"))))
+    ModelRegistry(other).register(ModelRecord(model_id="by-path", kind="bundle", version="fedcba9876543210",
+                                              uri=str(model_store.BUNDLED_BASE)))
+    assert model_store.ensure_base_model(other, settings)["version"] == bundled
