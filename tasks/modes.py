@@ -24,6 +24,7 @@ from tasks.geometry import build_template, crop_matrix, warp_crop
 from tasks.landmarks import MOUTH_CORNERS, LEFT_EYE, RIGHT_EYE, mouth_opening
 from tasks.lipsync import DubInputs, reference_frame, reference_window, renderable
 from tasks.track import TrackResult
+from tasks.training_data import image_to_crop, project_to_crop
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -114,7 +115,7 @@ def reference_from_image(storage: Storage, settings: Settings, uri: str, size: i
     points = face.points.astype(np.float64)
     matrix = crop_matrix(points, size)
     return ReferenceIdentity(warp_crop(rgb, matrix, size), build_template(points[None], np.ones(1, bool)).astype(np.float32),
-                             to_crop_pixels(points, matrix))
+                             image_to_crop(points[None], matrix[None])[0])
 
 
 def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: int, crop_size: int) -> ReferenceIdentity:
@@ -124,8 +125,11 @@ def reference_from_video(storage: Storage, track: TrackResult, uri: str, size: i
     matrix = track.crop[i] * (size / crop_size)
     with VideoSource(storage, uri) as video:
         crop = warp_crop(video.frame(i), matrix, size)
-    return ReferenceIdentity(crop, track.templates[track.shot_index[i]].astype(np.float32),
-                             to_crop_pixels(track.smoothed[i].astype(np.float64), matrix))
+    # the tracked mesh re-posed, as the texture coordinates were in training (tasks.training_data)
+    verts = project_to_crop(track.canonical()[i:i + 1].astype(np.float64), track.scale[i:i + 1].astype(np.float64),
+                            track.rotation[i:i + 1].astype(np.float64), track.translation[i:i + 1].astype(np.float64),
+                            matrix[None])[0]
+    return ReferenceIdentity(crop, track.templates[track.shot_index[i]].astype(np.float32), verts)
 
 
 def swap_face(inputs: DubInputs, identity: ReferenceIdentity) -> DubInputs:
@@ -134,13 +138,6 @@ def swap_face(inputs: DubInputs, identity: ReferenceIdentity) -> DubInputs:
     inputs.reference_crop, inputs.reference_template = identity.crop, identity.template
     inputs.reference_vertices = identity.vertices
     return inputs
-
-
-def to_crop_pixels(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """(V, 3) image landmarks -> the pixels of the crop ``matrix`` (2, 3) makes (z scaled like x, y)."""
-    xy = points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-    z = points[:, 2:] * np.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    return np.concatenate([xy, z], 1).astype(np.float32)
 
 
 __all__ = ["retarget", "mouth_width", "style_from_track", "speaker_video", "is_image", "ReferenceIdentity", "swap_face",

@@ -49,6 +49,11 @@ def project_to_crop(canonical: np.ndarray, scale: np.ndarray, rotation: np.ndarr
                     crop: np.ndarray) -> np.ndarray:
     """Canonical meshes (N, V, 3) -> crop pixels, through the head pose and the crop similarity."""
     image = scale[:, None, None] * np.einsum("nvk,njk->nvj", canonical, rotation) + translation[:, None, :]
+    return image_to_crop(image, crop)
+
+
+def image_to_crop(image: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """Image-pixel meshes (N, V, 3) -> the pixels of their crops (N, 2, 3); z scaled like x and y."""
     xy = np.einsum("nvk,njk->nvj", image[..., :2], crop[:, :, :2]) + crop[:, None, :, 2]
     z = image[..., 2:3] * np.sqrt(np.abs(np.linalg.det(crop[:, :, :2])))[:, None, None]
     return np.concatenate([xy, z], -1).astype(np.float32)
