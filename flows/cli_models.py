@@ -120,10 +120,13 @@ def _train_common(root, s3_endpoint_url, audio_features):
 
 
 def _budgets(plan, sync_seconds: float | None, gen_seconds: float | None, seed: int):
+    # A budget of 0 leaves that part as it is (no step is taken; its held-out metric is still measured).
     if sync_seconds is not None:
         plan.syncformer.time_budget_s = sync_seconds
+        plan.syncformer.steps = plan.syncformer.steps if sync_seconds > 0 else 0
     if gen_seconds is not None:
         plan.generator.time_budget_s = gen_seconds
+        plan.generator.steps = plan.generator.steps if gen_seconds > 0 else 0
     plan.seed = plan.syncformer.seed = plan.generator.seed = seed
     return plan
 
@@ -135,8 +138,11 @@ def _report(summary: dict, folder: str, version: str | None) -> None:
     t.add_column("seconds")
     t.add_column("held-out metric")
     s, g = summary["syncformer"], summary["generator"]
+    opening = (f"mouth-opening corr {s['val_opening_corr_start']:.3f} -> {s['val_opening_corr_best']:.3f} "
+               f"(concordance {s['val_opening_ccc_start']:.3f} -> {s['val_opening_ccc_best']:.3f}), "
+               if "val_opening_ccc_best" in s else "")
     t.add_row("Style-SyncFormer", str(s["steps"]), f"{s['seconds']:.0f}",
-              f"vertex error {s['val_vertex_start']:.4g} -> {s['val_vertex_best']:.4g}")
+              f"{opening}vertex error {s['val_vertex_start']:.4g} -> {s['val_vertex_best']:.4g}")
     t.add_row("generator", str(g["steps"]), f"{g['seconds']:.0f}",
               f"lower-face PSNR {g['val_lower_psnr_start']:.2f} -> {g['val_lower_psnr_best']:.2f} dB")
     out.print(t)
@@ -147,10 +153,13 @@ def train_base(
     videos: list[str] = typer.Argument(..., help="Videos of many speakers (local paths or s3:// URIs)."),
     output: str = typer.Option(..., "-o", "--output", help="Folder to write the model to (safetensors + config.json)."),
     config: str = typer.Option("cpu", "--config", help="Model configuration: cpu (128 px, 2 cores) or full (256 px, GPU)."),
-    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 240)."),
-    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 1200)."),
+    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 240; 0 leaves it as it is)."),
+    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 1200; 0 leaves it as it is)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
+    fresh_syncformer: bool = typer.Option(False, "--fresh-syncformer", help="With --resume: keep only its generator and "
+                                          "discriminator and train a new Style-SyncFormer in the --config configuration "
+                                          "(after a change to the SyncFormer's inputs or shape)."),
     audio_features: Optional[str] = FeaturesOpt,
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
 ) -> None:
@@ -159,10 +168,13 @@ def train_base(
     from tasks.train import TrainingPlan, train_base as run
 
     settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
+    if fresh_syncformer and not resume:
+        fail("--fresh-syncformer needs --resume (a model whose generator to keep)", code=2)
     try:
         start = model_store.load_model(settings, resume) if resume else None
         plan = _budgets(TrainingPlan(config=start.config.name if start else config), sync_seconds, gen_seconds, seed)
-        model, summary = run(storage, settings, videos, output, features, cache, plan, say=console.print, resume=start)
+        model, summary = run(storage, settings, videos, output, features, cache, plan, say=console.print, resume=start,
+                             fresh_syncformer=fresh_syncformer)
     except (ResyncError, ValueError) as e:
         fail(str(e))
     _write_card(model, summary, output)
@@ -176,8 +188,8 @@ def finetune(
     speaker_id: str = typer.Option(..., "--speaker-id", help="Catalog speaker id the model is for."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model folder; default the configured/bundled base."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Start from random weights instead of a base."),
-    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 120)."),
-    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 600)."),
+    sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 120; 0 leaves it as it is)."),
+    gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 600; 0 leaves it as it is)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     audio_features: Optional[str] = FeaturesOpt,
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,

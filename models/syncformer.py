@@ -110,7 +110,7 @@ class StyleSyncFormer(nn.Module):
     def __init__(self, cfg: SyncFormerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.audio_in = nn.Sequential(nn.Linear(cfg.audio_dim, cfg.d_model), nn.LayerNorm(cfg.d_model))
+        self.audio_in = nn.Sequential(nn.Linear(self.token_dim, cfg.d_model), nn.LayerNorm(cfg.d_model))
         self.encoder = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.encoder_layers))
         self.query = nn.Linear(cfg.d_model, cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg.d_model, cfg.heads, cfg.ff_mult, cfg.dropout, cfg.style_dim)
@@ -123,6 +123,11 @@ class StyleSyncFormer(nn.Module):
         # Displacements are tiny (hundredths of an eye distance); the network works on standardised ones.
         self.register_buffer("disp_mean", torch.zeros(cfg.n_vertices * 3))
         self.register_buffer("disp_std", torch.ones(cfg.n_vertices * 3))
+
+    @property
+    def token_dim(self) -> int:
+        """Width of one audio token: the extractor's width times the feature frames read per video frame."""
+        return self.cfg.audio_dim * len(self.cfg.audio_offsets)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.disp_mean.copy_(mean.reshape(-1))
@@ -137,7 +142,7 @@ class StyleSyncFormer(nn.Module):
         return self.style_encoder(self.normalize(ref_disp))
 
     def forward(self, audio: torch.Tensor, style: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """audio: (B, T, audio_dim) features at the video frame rate; style: (B, style_dim);
+        """audio: (B, T, token_dim) tokens at the video frame rate (``frame_tokens``); style: (B, style_dim);
         pad: (B, T) True where a frame is padding."""
         b, t, _ = audio.shape
         pe = sinusoidal(t, self.cfg.d_model, audio.device)

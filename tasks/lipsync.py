@@ -36,7 +36,7 @@ import torch
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
+from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.generator import masked_target
 from models.renderer import face_mask, mouth_mask, render_mesh, warp_texture
 from models.resyncer import ReSyncer
@@ -224,7 +224,7 @@ def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: Featu
                           track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
     """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
-    tokens = to_video_rate(feats, track.timestamps, features.rate_hz, features.offset_s)
+    tokens = frame_tokens(feats, track.timestamps, features.rate_hz, features.offset_s, model.config.syncformer.audio_offsets)
     style = model.style_code(torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32)))
     return model.displacements(torch.from_numpy(tokens), style).numpy()
 

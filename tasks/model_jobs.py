@@ -35,7 +35,10 @@ def _publish(storage: Storage, model, summary: dict, folder: Path, uri: str, com
 
 def _metrics(summary: dict) -> dict[str, float]:
     s, g = summary["syncformer"], summary["generator"]
-    return {"syncformer_val_vertex": float(s["val_vertex_best"]), "generator_val_lower_psnr": float(g["val_lower_psnr_best"]),
+    return {"syncformer_val_vertex": float(s["val_vertex_best"]),
+            "syncformer_val_opening_corr": float(s.get("val_opening_corr_best", float("nan"))),
+            "syncformer_val_opening_ccc": float(s.get("val_opening_ccc_best", float("nan"))),
+            "generator_val_lower_psnr": float(g["val_lower_psnr_best"]),
             "syncformer_steps": float(s["steps"]), "generator_steps": float(g["steps"]), "wall_s": float(summary["wall_s"])}
 
 

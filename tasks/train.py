@@ -22,13 +22,14 @@ import torch
 
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from models.audio_features import AudioFeatures, FeatureCache, to_video_rate
+from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.renderer import face_mask, mouth_mask, render_mesh
+from models.config import get_config, replace
 from models.resyncer import ModelCard, ReSyncer
 from models.train_generator import GeneratorData, GeneratorTraining, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
 from tasks.audio import load_audio
-from tasks.landmarks import LIPS
+from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
 from tasks.lipsync import fit_audio_length, renderable, video_duration
 from tasks.track import TrackResult, track_cached
 from tasks.training_data import ClipData, load_clip
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 class PreparedClip:
     uri: str
     clip: ClipData           # the usable frames, crops at the model's size
-    audio: np.ndarray        # (N, audio_dim) features at those frames' times
+    audio: np.ndarray        # (N, token_dim) audio tokens at those frames' times (frame_tokens)
     n_frames: int            # frames in the whole video (for time-based splits)
 
 
@@ -50,13 +51,16 @@ def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
 
 
 def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, features: AudioFeatures,
-                 cache: FeatureCache | None = None, track: TrackResult | None = None) -> PreparedClip:
+                 cache: FeatureCache | None = None, track: TrackResult | None = None,
+                 audio_offsets: tuple[int, ...] = (0,)) -> PreparedClip:
+    """Crops of size ``size`` and audio tokens reading the feature frames ``audio_offsets`` (the
+    model config's) around every usable frame."""
     track = track or track_for(storage, settings, uri)
     clip = load_clip(storage, uri, track, size, settings.crop_size, usable=renderable(track), chunk=settings.decode_chunk)
     audio = load_audio(storage, uri, required=False)
     samples = fit_audio_length(audio.samples if audio is not None else np.zeros(0, np.float32), video_duration(track))
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
-    tokens = to_video_rate(feats, clip.timestamps, features.rate_hz, features.offset_s)
+    tokens = frame_tokens(feats, clip.timestamps, features.rate_hz, features.offset_s, audio_offsets)
     return PreparedClip(uri, clip, tokens, track.n_frames)
 
 
@@ -67,7 +71,9 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
         breaks = np.flatnonzero(np.diff(c.clip.frames) != 1) + 1
         for run in np.split(np.arange(len(c.clip)), breaks):
             if len(run) >= min_length:
-                out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(np.nan_to_num(c.clip.disp[run]))))
+                disp = np.nan_to_num(c.clip.disp[run])
+                out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(disp),
+                                    torch.from_numpy(c.clip.canonical[run] - disp)))
     return out
 
 
@@ -121,6 +127,10 @@ def _lips() -> torch.Tensor:
     return torch.from_numpy(LIPS)
 
 
+# The inner-lip vertices whose gap is the mouth opening: the Style-SyncFormer is selected on its correlation.
+MOUTH = (UPPER_LIP_INNER, LOWER_LIP_INNER)
+
+
 def perceptual_loss(settings: Settings) -> torch.nn.Module | None:
     """The VGG perceptual loss, only when local weights are configured (nothing is downloaded)."""
     if not settings.perceptual_weights:
@@ -138,8 +148,11 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
     if not seqs:
         raise ValueError("no clip has a run of usable face frames long enough to train on")
     say(f"Style-SyncFormer: {len(seqs)} sequences, {sum(len(s.audio) for s in seqs)} frames")
-    sync = train_syncformer(model.syncformer, seqs, _lips(), plan.syncformer, set_normalization=set_normalization)
-    say(f"Style-SyncFormer: {sync['steps']} steps in {sync['seconds']:.0f} s, held-out vertex error "
+    sync = train_syncformer(model.syncformer, seqs, _lips(), plan.syncformer, set_normalization=set_normalization,
+                            mouth=MOUTH)
+    say(f"Style-SyncFormer: {sync['steps']} steps in {sync['seconds']:.0f} s, held-out mouth-opening correlation "
+        f"{sync['val_opening_corr_start']:.3f} -> {sync['val_opening_corr_best']:.3f} (concordance "
+        f"{sync['val_opening_ccc_start']:.3f} -> {sync['val_opening_ccc_best']:.3f}), vertex error "
         f"{sync['val_vertex_start']:.4g} -> {sync['val_vertex_best']:.4g}")
     data = generator_data(clips)
     say(f"generator: {len(data)} frames at {model.size} px")
@@ -164,9 +177,12 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
 
 def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: str | Path, features: AudioFeatures,
                cache: FeatureCache | None = None, plan: TrainingPlan | None = None,
-               say: Callable[[str], None] = log.info, resume: ReSyncer | None = None) -> tuple[ReSyncer, dict]:
+               say: Callable[[str], None] = log.info, resume: ReSyncer | None = None,
+               fresh_syncformer: bool = False) -> tuple[ReSyncer, dict]:
     """A base model pooled over many speakers' videos, saved to ``out_dir``. ``resume`` continues
-    from a checkpoint's weights (and keeps its displacement normalisation)."""
+    from a checkpoint's weights (and keeps its displacement normalisation); with ``fresh_syncformer``
+    only its generator and discriminator are kept and the Style-SyncFormer starts afresh in the
+    plan's configuration (for when the SyncFormer's inputs or shape changed)."""
     plan = plan or TrainingPlan()
     start = time.monotonic()
     card = ModelCard(kind="base", audio_features=features.name, training_data=list(uris),
@@ -174,14 +190,18 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
     if resume is not None:
         if resume.card.audio_features != features.name:
             raise ValueError(f"cannot resume: {resume.version} reads audio features {resume.card.audio_features!r}")
-        model = ReSyncer(resume.config, card)
-        model.load_state_dict(resume.state_dict())
+        config = replace(resume.config, syncformer=get_config(plan.config).syncformer) if fresh_syncformer else resume.config
+        model = ReSyncer(config, card)
+        kept = {k: v for k, v in resume.state_dict().items() if not (fresh_syncformer and k.startswith("syncformer."))}
+        model.load_state_dict(kept, strict=not fresh_syncformer)
         model.train()
     else:
         model = ReSyncer.new(plan.config, card)
-    clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
+    clips = [prepare_clip(storage, settings, u, model.size, features, cache,
+                          audio_offsets=model.config.syncformer.audio_offsets) for u in uris]
     say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s")
-    summary = fit(model, clips, plan, set_normalization=resume is None, say=say, perceptual=perceptual_loss(settings))
+    summary = fit(model, clips, plan, set_normalization=resume is None or fresh_syncformer, say=say,
+                  perceptual=perceptual_loss(settings))
     return _save(model, summary, plan, start, out_dir)
 
 
@@ -201,7 +221,8 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
     else:
         model = ReSyncer.new(plan.config, card)
     model.train()
-    clips = [prepare_clip(storage, settings, u, model.size, features, cache) for u in uris]
+    clips = [prepare_clip(storage, settings, u, model.size, features, cache,
+                          audio_offsets=model.config.syncformer.audio_offsets) for u in uris]
     summary = fit(model, clips, plan, set_normalization=base is None, say=say, perceptual=perceptual_loss(settings))
     return _save(model, summary, plan, start, out_dir)
 
@@ -231,11 +252,22 @@ and model selection; never trained on):
 
 | part | steps | seconds | start | best |
 |---|---|---|---|---|
-| Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
+{_opening_row(s)}| Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
 | generator (lower-face PSNR, dB, {model.size}-px crop) | {g["steps"]} | {g["seconds"]:.0f} | {g["val_lower_psnr_start"]:.2f} | {g["val_lower_psnr_best"]:.2f} |
 {_swap_row(g, model.size)}
 Quality against baselines on the held-out frames: `make bench-quality` (see the README).
 """
+
+
+def _opening_row(s: dict) -> str:
+    rows = ""
+    if s.get("val_opening_ccc_best") is not None:
+        rows += (f"| Style-SyncFormer (mouth-opening concordance correlation; selects the weights) | {s['steps']} | "
+                 f"{s['seconds']:.0f} | {s['val_opening_ccc_start']:.3f} | {s['val_opening_ccc_best']:.3f} |\n")
+    if s.get("val_opening_corr_best") is not None:
+        rows += (f"| Style-SyncFormer (mouth-opening correlation) | {s['steps']} | {s['seconds']:.0f} | "
+                 f"{s['val_opening_corr_start']:.3f} | {s['val_opening_corr_best']:.3f} |\n")
+    return rows
 
 
 def _swap_row(g: dict, size: int) -> str:

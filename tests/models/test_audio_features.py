@@ -16,6 +16,7 @@ from models.audio_features import (
     HFSpeechEncoderFeatures,
     LogMelFeatures,
     WhisperEncoderFeatures,
+    frame_tokens,
     make_features,
     stack_context,
     to_video_rate,
@@ -242,6 +243,19 @@ def test_stack_context_neighbours_and_zero_padding():
     np.testing.assert_allclose(ctx[..., 0][inside], held[inside], atol=1e-5)
     assert not ctx[~inside].any()                              # zero-padded beyond the audio
     assert (~inside).sum() == 4                                # t=0: k=-2,-1; t=0.013: k=-2; last: k=+2
+
+
+def test_frame_tokens_read_the_configured_offsets_side_by_side():
+    n = 500
+    feats = np.stack([np.arange(n), np.arange(n) * 10.0], axis=1).astype(np.float32)
+    ts = np.arange(1, 200) / 25.0 + 0.004
+    tok = frame_tokens(feats, ts, 50.0, offsets=(-4, 0, 6))
+    assert tok.shape == (len(ts), 3 * 2)
+    for k, off in enumerate((-4, 0, 6)):  # block k is the feature frame `off` frames (20 ms each) from the frame's time
+        np.testing.assert_allclose(tok[:, 2 * k:2 * k + 2], to_video_rate(feats, ts + off / 50.0, 50.0), atol=1e-4)
+    np.testing.assert_array_equal(frame_tokens(feats, ts, 50.0), to_video_rate(feats, ts, 50.0))
+    with pytest.raises(ValueError, match="at least one"):
+        frame_tokens(feats, ts, 50.0, offsets=())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ def test_config_round_trips_through_json():
 
 def test_syncformer_shapes_style_and_start_from_template():
     m = StyleSyncFormer(CPU.syncformer)
-    audio, ref = torch.randn(2, 40, 384), 0.01 * torch.randn(2, 30, 478, 3)
+    audio, ref = torch.randn(2, 40, m.token_dim), 0.01 * torch.randn(2, 30, 478, 3)
+    assert m.token_dim == 384 * len(CPU.syncformer.audio_offsets)  # one Whisper frame per offset
     style = m.style(ref)
     assert style.shape == (2, CPU.syncformer.style_dim) and style.dtype == torch.float32
     out = m(audio, style)
@@ -39,7 +40,7 @@ def test_syncformer_shapes_style_and_start_from_template():
 def test_syncformer_style_changes_the_output_and_losses_backpropagate():
     m = StyleSyncFormer(CPU.syncformer)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
-    audio, target = torch.randn(1, 20, 384), 0.05 * torch.randn(1, 20, 478, 3)
+    audio, target = torch.randn(1, 20, m.token_dim), 0.05 * torch.randn(1, 20, 478, 3)
     lips = torch.tensor([13, 14, 61, 291])
     for _ in range(3):  # leave the zero init so that the style matters
         loss = vertex_loss(m(audio, m.style(target)), target, lips, 5.0) + velocity_loss(m(audio, m.style(target)), target)

@@ -13,7 +13,7 @@ from models.resyncer import ModelCard, ReSyncer
 
 
 def small(seed: int = 0) -> ReSyncer:
-    cfg = replace(CPU, syncformer=replace(CPU.syncformer, audio_dim=16, d_model=32, heads=2, max_frames=40, dropout=0.0),
+    cfg = replace(CPU, syncformer=replace(CPU.syncformer, audio_dim=16, audio_offsets=(0,), d_model=32, heads=2, max_frames=40, dropout=0.0),
                   generator=replace(CPU.generator, size=32), discriminator=replace(CPU.discriminator, size=32))
     torch.manual_seed(seed)
     model = ReSyncer(cfg, ModelCard(audio_features="logmel-test"))
@@ -103,3 +103,16 @@ def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_acr
     assert torch.allclose(mine, other.render(mesh[:8], masked[:8], codes), atol=1e-4)
     assert not torch.allclose(mine, model.render(mesh[:8], masked[:8], codes), atol=1e-2)
     assert list(tmp_path.glob("*.pt2")) == packages and packages[0].stat().st_mtime_ns == stamp  # not recompiled
+
+
+def test_configs_without_audio_offsets_read_the_frame_at_its_time():
+    """Checkpoints from before ``audio_offsets`` read one feature frame per video frame; the cpu
+    config's window leans ahead (the mouth moves before its sound) and survives the JSON round trip."""
+    from models.config import ModelConfig
+
+    d = CPU.to_dict()
+    assert ModelConfig.from_dict(d) == CPU and isinstance(ModelConfig.from_dict(d).syncformer.audio_offsets, tuple)
+    del d["syncformer"]["audio_offsets"]
+    assert ModelConfig.from_dict(d).syncformer.audio_offsets == (0,)
+    ahead = CPU.syncformer.audio_offsets
+    assert 0 in ahead and max(ahead) > -min(ahead)
