@@ -214,6 +214,9 @@ def _frame_at_t(model: ReSyncer):
 
 def leave_one_speaker_out(clips: list[PreparedClip], tracks: list, base: ReSyncer, seconds: float) -> list[dict]:
     rows = []
+    # ridge reads the Whisper frame at each video frame's time (the 0.42 reference), the
+    # offset-0 block of the SyncFormer's tokens: on the whole window it overfits (7 x 384 inputs)
+    at_t = _frame_at_t(base)
     for k, held in enumerate(clips):
         train = [c for j, c in enumerate(clips) if j != k]
         model = ReSyncer(base.config, base.card).syncformer
@@ -228,9 +231,6 @@ def leave_one_speaker_out(clips: list[PreparedClip], tracks: list, base: ReSynce
             style = model.style(torch.from_numpy(reference_window(held.clip.disp, usable, model.cfg.style_window))[None])
             pred = model(torch.from_numpy(held.audio)[None], style)[0].numpy()
         syn = corr(mouth_opening(shot_t + pred), gt_open)
-        # ridge reads the Whisper frame at each video frame's time (the 0.42 reference), the
-        # offset-0 block of the SyncFormer's tokens: on the whole window it overfits (7 x 384 inputs)
-        at_t = _frame_at_t(base)
         x = np.concatenate([at_t(c.audio) for c in train])
         y = np.concatenate([mouth_opening(tracks[j].templates[tracks[j].shot_index][c.clip.frames] + c.clip.disp)
                             for j, c in enumerate(clips) if j != k])

@@ -120,13 +120,7 @@ def _train_common(root, s3_endpoint_url, audio_features):
 
 
 def _budgets(plan, sync_seconds: float | None, gen_seconds: float | None, seed: int):
-    # A budget of 0 leaves that part as it is (no step is taken; its held-out metric is still measured).
-    if sync_seconds is not None:
-        plan.syncformer.time_budget_s = sync_seconds
-        plan.syncformer.steps = plan.syncformer.steps if sync_seconds > 0 else 0
-    if gen_seconds is not None:
-        plan.generator.time_budget_s = gen_seconds
-        plan.generator.steps = plan.generator.steps if gen_seconds > 0 else 0
+    plan.with_budgets(sync_seconds, gen_seconds)
     plan.seed = plan.syncformer.seed = plan.generator.seed = seed
     return plan
 

@@ -19,14 +19,6 @@ from tasks.train import TrainingPlan, finetune_plan, finetune_speaker, model_car
 log = logging.getLogger(__name__)
 
 
-def with_budgets(plan: TrainingPlan, syncformer_s: float | None, generator_s: float | None) -> TrainingPlan:
-    if syncformer_s is not None:
-        plan.syncformer.time_budget_s = syncformer_s
-    if generator_s is not None:
-        plan.generator.time_budget_s = generator_s
-    return plan
-
-
 def _publish(storage: Storage, model, summary: dict, folder: Path, uri: str, command: str) -> None:
     (folder / "training_log.json").write_text(json.dumps(summary["log"]))
     (folder / "MODEL_CARD.md").write_text(model_card(model, summary, command))
@@ -49,7 +41,7 @@ def finetune_job(settings: Settings, speaker_id: str, video_ids: list[str], vide
     storage = Storage(settings)
     base = model_store.load_model(settings, model_store.local_model_dir(storage, settings, base_uri)) if base_uri else None
     features = model_store.features_for(settings, base) if base else model_store.audio_features(settings)
-    plan = with_budgets(finetune_plan(base.config.name if base else "cpu"), syncformer_s, generator_s)
+    plan = finetune_plan(base.config.name if base else "cpu").with_budgets(syncformer_s, generator_s)
     folder = Path(tempfile.mkdtemp(prefix="resync-finetune-"))
     try:
         model, summary = finetune_speaker(storage, settings, base, video_uris, folder, features, speaker_id,
@@ -69,7 +61,7 @@ def train_base_job(settings: Settings, video_ids: list[str], video_uris: list[st
     storage = Storage(settings)
     start = model_store.load_model(settings, model_store.local_model_dir(storage, settings, resume_uri)) if resume_uri else None
     features = model_store.features_for(settings, start) if start else model_store.audio_features(settings)
-    plan = with_budgets(TrainingPlan(config=start.config.name if start else config), syncformer_s, generator_s)
+    plan = TrainingPlan(config=start.config.name if start else config).with_budgets(syncformer_s, generator_s)
     folder = Path(tempfile.mkdtemp(prefix="resync-base-"))
     try:
         model, summary = train_base(storage, settings, video_uris, folder, features, model_store.feature_cache(settings),

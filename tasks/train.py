@@ -23,8 +23,8 @@ import torch
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
-from models.renderer import face_mask, mouth_mask, render_mesh
 from models.config import get_config, replace
+from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ModelCard, ReSyncer
 from models.train_generator import GeneratorData, GeneratorTraining, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
@@ -113,6 +113,16 @@ class TrainingPlan:
     generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
         steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE))
     seed: int = 0
+
+    def with_budgets(self, syncformer_s: float | None, generator_s: float | None) -> "TrainingPlan":
+        """Time budgets in seconds (None keeps the recipe's); 0 leaves that part as it is: no step
+        is taken, its held-out metric is still measured."""
+        for part, seconds in ((self.syncformer, syncformer_s), (self.generator, generator_s)):
+            if seconds is not None:
+                part.time_budget_s = seconds
+                if seconds <= 0:
+                    part.steps = 0
+        return self
 
 
 def finetune_plan(config: str = "cpu") -> TrainingPlan:

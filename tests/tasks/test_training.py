@@ -152,3 +152,9 @@ def test_a_replaced_bundled_base_is_registered_under_its_new_version(tmp_path):
     ModelRegistry(other).register(ModelRecord(model_id="by-path", kind="bundle", version="fedcba9876543210",
                                               uri=str(model_store.BUNDLED_BASE)))
     assert model_store.ensure_base_model(other, settings)["version"] == bundled
+
+
+def test_a_zero_budget_leaves_that_part_as_it_is():
+    plan = TrainingPlan().with_budgets(0, 30)
+    assert plan.syncformer.steps == 0 and plan.generator.time_budget_s == 30 and plan.generator.steps > 0
+    assert TrainingPlan().with_budgets(None, None).syncformer.steps == TrainingPlan().syncformer.steps
