@@ -15,7 +15,10 @@ budget; then every *eval* frame is redrawn and composited into the frame by each
 Metrics on the eval frames, in the 256-px aligned crop of output and ground truth: LMD (mouth
 landmark distance after re-tracking both, pixels), lower-face PSNR and SSIM, mouth-opening
 correlation with the ground truth (re-tracked), audio-visual offset (frames) and confidence
-(mouth opening vs speech envelope), identity distance (dlib descriptor, lower = same person).
+(mouth opening vs speech envelope), identity distance (dlib descriptor, lower = same person), mouth
+sharpness (variance of the Laplacian in the box around the lips, output over ground truth, median).
+Every method is composited like a dub (detail transfer included, ``tasks/detail.py``); the
+``resyncer_no_detail`` row is the audio-driven output without it.
 
 A leave-one-speaker-out table follows: the Style-SyncFormer trained on every clip but one, its
 mouth-opening correlation on the one left out, next to ridge regression on the same Whisper features
@@ -57,7 +60,8 @@ from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
-from tasks.qa import av_offset, corr
+from tasks.detail import detail_factor, with_detail
+from tasks.qa import OutputObserver, av_offset, corr, laplacian_sharpness
 from tasks.lipsync import (_to_tensor, crop_vertices, planned_meshes, redraw, reference_frame, reference_window,
                            renderable)
 from tasks.train import MOUTH, PreparedClip, TrainingPlan, finetune_plan, fit, prepare_clip, sequences, track_for
@@ -65,7 +69,7 @@ from tasks.training_data import crop_matrices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("resyncer", "oracle_mesh", "retrieval", "static")
+METHODS = ("resyncer", "resyncer_no_detail", "oracle_mesh", "retrieval", "static")
 console = Console(width=180)
 
 
@@ -78,6 +82,7 @@ class Scores:
     av_offset: float
     av_conf: float
     identity: float
+    sharpness: float
 
 
 def retrack(crops: list[np.ndarray]) -> np.ndarray:
@@ -105,7 +110,7 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
           env: np.ndarray, identity: FaceIdentity) -> Scores:
     marks = retrack(outputs)
     lmd = np.nanmean(np.linalg.norm(marks[:, LIPS, :2] - gt_marks[:, LIPS, :2], axis=-1))
-    psnrs, ssims, ids = [], [], []
+    psnrs, ssims, ids, sharp = [], [], [], []
     for o, t, m, gm in zip(outputs, truths, masks256, gt_marks):
         w = m > 0.5
         mse = np.mean((o[w].astype(np.float64) - t[w]) ** 2)
@@ -115,10 +120,13 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
         if np.isfinite(gm).all():
             box = (*gm[:, :2].min(0), *gm[:, :2].max(0))
             ids.append(identity.distance(identity.descriptor(o, box), identity.descriptor(t, box)))
+            mouth = OutputObserver._mouth_box(gm[:, :2])
+            sharp.append(laplacian_sharpness(o[mouth]) / max(laplacian_sharpness(t[mouth]), 1e-6))
     opening = mouth_opening(marks)
     off, conf = av_offset(np.nan_to_num(opening, nan=np.nanmean(opening)), env, max_lag=5)
     return Scores(float(lmd), float(np.mean(psnrs)), float(np.mean(ssims)), corr(opening, mouth_opening(gt_marks)),
-                  off, conf, float(np.mean(ids)) if ids else float("nan"))
+                  off, conf, float(np.mean(ids)) if ids else float("nan"),
+                  float(np.median(sharp)) if sharp else float("nan"))
 
 
 def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, plan: TrainingPlan,
@@ -167,6 +175,8 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
     with VideoSource(storage, uri) as video:
         codes = model.reference_codes(_to_tensor(warp_crop(video.frame(ref_i), mats[ref_i], size)[None])[0])
         ref_crop = fit_clip.clip.crops[fit_pos[ref_i]] if ref_i in fit_pos else warp_crop(video.frame(ref_i), mats[ref_i], size)
+        ref_verts = fit_clip.clip.verts[fit_pos[ref_i]] if ref_i in fit_pos else old_v[ref_i]
+        factor = detail_factor(mats[usable], settings.detail_max_factor)
         wanted = set(int(i) for i in eval_idx)
         for chunk in video.chunks(settings.decode_chunk, start=int(eval_idx.min()), stop=int(eval_idx.max()) + 1):
             keep = [k for k, i in enumerate(chunk.indices) if int(i) in wanted]
@@ -178,15 +188,21 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
             gens = {"resyncer": redraw(model, crops, new_v[ii], old_v[ii], codes),
                     "oracle_mesh": redraw(model, crops, oracle_v[ii], old_v[ii], codes)}
             masks = mouth_mask(torch.from_numpy(old_v[ii]), size)[:, 0].numpy()
-            for j, (f, i) in enumerate(zip(frames, ii)):
-                m256 = track.crop[i]
-                truths.append(warp_crop(f, m256, settings.crop_size))
-                for name in ("resyncer", "oracle_mesh"):
-                    gen, mask = gens[name][0][j], gens[name][1][j]
-                    outputs[name].append(warp_crop(composite(f, gen, mats[i], mask), m256, settings.crop_size))
-                near = fit_clip.clip.crops[fit_pos[int(nearest[eval_pos[int(i)]])]]
-                outputs["retrieval"].append(warp_crop(composite(f, near, mats[i], masks[j]), m256, settings.crop_size))
-                outputs["static"].append(warp_crop(composite(f, ref_crop, mats[i], masks[j]), m256, settings.crop_size))
+            near = [fit_pos[int(nearest[eval_pos[int(i)]])] for i in ii]
+            pasted = {"retrieval": (fit_clip.clip.crops[near], fit_clip.clip.verts[near]),
+                      "static": (np.repeat(ref_crop[None], len(ii), 0), np.repeat(ref_verts[None], len(ii), 0))}
+            drawn = {"resyncer": (*gens["resyncer"], new_v[ii]), "oracle_mesh": (*gens["oracle_mesh"], oracle_v[ii]),
+                     **{k: (c, masks, v) for k, (c, v) in pasted.items()}}
+            # every method goes through the production compositor, detail transfer included
+            for name, (gen, mask, verts) in drawn.items():
+                fine = with_detail(frames, gen, mats[ii], old_v[ii], verts, mask, factor, settings.detail_from) \
+                    if settings.detail_transfer else (gen, mask, mats[ii])
+                outputs[name].extend(warp_crop(composite(f, g, mt, mk), track.crop[i], settings.crop_size)
+                                     for f, g, mt, mk, i in zip(frames, *fine, ii))
+            outputs["resyncer_no_detail"].extend(
+                warp_crop(composite(f, g, mats[i], mk), track.crop[i], settings.crop_size)
+                for f, g, mk, i in zip(frames, *gens["resyncer"], ii))
+            truths.extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(frames, ii))
 
     gt_marks = retrack(truths)
     masks256 = mouth_mask(torch.from_numpy(crop_vertices(track, old_c, usable, track.crop)[eval_idx]),
@@ -246,16 +262,18 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
     t = Table(title=f"quality on the last {1 - args.fit_fraction:.0%} of each clip (base {base.version}, per-speaker "
                     f"budget {args.sync_seconds:.0f}+{args.gen_seconds:.0f} s CPU); mean over {len(names)} clips")
     for col in ("method", "LMD px ↓", "lower PSNR ↑", "lower SSIM ↑", "opening corr ↑", "|AV offset| ↓", "AV conf ↑",
-                "identity dist ↓"):
+                "identity dist ↓", "mouth sharpness ↑"):
         t.add_column(col, justify="right")
     for m in METHODS:
         vals = {k: np.nanmean([abs(per_clip[c][m][k]) if k == "av_offset" else per_clip[c][m][k] for c in names])
                 for k in Scores.__dataclass_fields__}
         t.add_row(m, f"{vals['lmd']:.2f}", f"{vals['psnr']:.2f}", f"{vals['ssim']:.3f}", f"{vals['opening_corr']:.3f}",
-                  f"{vals['av_offset']:.2f}", f"{vals['av_conf']:.3f}", f"{vals['identity']:.3f}")
+                  f"{vals['av_offset']:.2f}", f"{vals['av_conf']:.3f}", f"{vals['identity']:.3f}",
+                  f"{vals['sharpness']:.3f}")
     console.print(t)
     per = Table(title="per clip: resyncer (oracle mesh) / static")
-    for col in ("clip", "fit/eval frames", "train s", "LMD", "PSNR", "SSIM", "opening corr", "mesh-opening corr"):
+    for col in ("clip", "fit/eval frames", "train s", "LMD", "PSNR", "SSIM", "opening corr", "mesh-opening corr",
+                "sharpness"):
         per.add_column(col, justify="right")
     for c in names:
         r, o, s, i = per_clip[c]["resyncer"], per_clip[c]["oracle_mesh"], per_clip[c]["static"], per_clip[c]["info"]
@@ -263,7 +281,8 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
                     f"{r['lmd']:.2f} ({o['lmd']:.2f}) / {s['lmd']:.2f}", f"{r['psnr']:.2f} ({o['psnr']:.2f}) / {s['psnr']:.2f}",
                     f"{r['ssim']:.3f} ({o['ssim']:.3f}) / {s['ssim']:.3f}",
                     f"{r['opening_corr']:.3f} ({o['opening_corr']:.3f}) / {s['opening_corr']:.3f}",
-                    f"{i['mesh_opening_corr']:.3f}")
+                    f"{i['mesh_opening_corr']:.3f}",
+                    f"{r['sharpness']:.3f} ({o['sharpness']:.3f}) / {s['sharpness']:.3f}")
     console.print(per)
 
 

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     compile_generator: bool = Field(True, description="Run the generator compiled ahead of time (AOTInductor): 1.9x on this "
                                     "CPU. A machine's first use compiles for about 45 s; later processes load the package in "
                                     "milliseconds (every model of one configuration shares it). Turn off for one-off short dubs.")
+    detail_transfer: bool = Field(True, description="Carry the frame's own skin and lip texture over onto the redrawn "
+                                  "lower face, moved with the mesh (tasks/detail.py): the generator draws shape, shading "
+                                  "and teeth, the texture stays the person's. Never used by face swapping.")
+    detail_max_factor: int = Field(4, ge=1, description="Detail transfer works up to this many times finer than the model "
+                                   "crop, so a big face keeps detail the crop cannot hold (1: the crop's own resolution).")
+    detail_from: float = Field(0.5, gt=0, le=1, description="Texture carried over is what a crop of this fraction of the "
+                               "model crop's side cannot hold: 1 only what the model crop cannot, 0.5 also its finest octave.")
     compile_cache_dir: str | None = Field(None, description="Local folder of compiled generator packages; default "
                                           "$RESYNC_COMPILE_CACHE or ~/.cache/resync/compiled. Never catalog storage: "
                                           "loading a package runs its code.")

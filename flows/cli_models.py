@@ -41,6 +41,9 @@ def dub(
     model: Optional[str] = ModelOpt,
     track_file: Optional[str] = typer.Option(None, "--track", help="Reuse a track artifact written by `resync track` "
                                              "instead of tracking again."),
+    detail: Optional[bool] = typer.Option(None, "--detail/--no-detail", help="Keep the frame's own skin and lip texture "
+                                          "on the redrawn mouth, moved with the mesh (default on; never when swapping "
+                                          "faces). Env: RESYNC_DETAIL_TRANSFER."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
@@ -56,7 +59,7 @@ def dub(
 
     if audio is None and driving_video is None:
         fail("give the new AUDIO, or --driving-video", code=2)
-    settings = make_settings(root, None, s3_endpoint_url)
+    settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail)
     storage = Storage(settings)
     try:
         resyncer = model_store.load_model(settings, model)
@@ -98,7 +101,7 @@ def dub(
            "passed_through": result.passed_through, "fps": round(result.fps, 3),
            "video_seconds": round(result.video_seconds, 3), "audio_seconds": round(result.audio_seconds, 3),
            "audio_overhang_s": round(result.audio_overhang_s, 3), "model_version": result.model_version,
-           **{k: round(v, 3) for k, v in result.timings.items()}}
+           "detail_factor": result.detail_factor, **{k: round(v, 3) for k, v in result.timings.items()}}
     if as_json:
         out.print_json(json.dumps(doc))
         return

@@ -43,6 +43,7 @@ from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, load_audio
 from tasks.composite import composite
 from tasks.decode import VideoSource, local_path
+from tasks.detail import detail_factor, with_detail
 from tasks.encode import encode_h264
 from tasks.geometry import warp_crop
 from tasks.landmarks import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, mouth_opening
@@ -66,6 +67,7 @@ class DubResult:
     timings: dict[str, float] = field(default_factory=dict)
     predicted_opening: np.ndarray | None = None   # (T,) intended mouth opening (QA: mesh-following)
     intended_marks: np.ndarray | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed)
+    detail_factor: int = 0                        # texture carried over this many times finer than the crop; 0: off
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,13 +312,20 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                 gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, local, settings.amp_inference,
                                 settings.compile_generator, settings.decode_chunk, whole_face, texture)
                 t3 = time.perf_counter()
+                if detail:
+                    gen, m, chunk_mats = with_detail(chunk.frames[todo], gen, mats[ii], old_verts[ii], new_verts[ii], m,
+                                                     factor, settings.detail_from)
+                else:
+                    chunk_mats = mats[ii]
                 for j, (k, i) in enumerate(zip(todo, ii)):
-                    out[k] = composite(chunk.frames[k], gen[j], mats[i], m[j])
+                    out[k] = composite(chunk.frames[k], gen[j], chunk_mats[j], m[j])
                 local["composite_s"] += time.perf_counter() - t3
                 local["redraw_s"] += t3 - t1
             return chunk, out, local, len(todo)
 
         workers = redraw_workers(settings, model)
+        detail = settings.detail_transfer and not whole_face   # a swap must not keep the source's skin
+        factor = detail_factor(mats[usable], settings.detail_max_factor) if detail else 1
 
         def frames() -> Iterator[np.ndarray]:
             pending: deque = deque()
@@ -370,7 +379,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         qa_mats = crop_matrices(track, observer_crop, settings.crop_size)
         intended = crop_vertices(track, new_canonical, usable, qa_mats)[..., :2]
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio_seconds, duration, overhang,
-                     model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended)
+                     model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended, factor if detail else 0)
 
 
 def redraw_workers(settings: Settings, model: ReSyncer) -> int:

@@ -87,6 +87,7 @@ def test_face_swap_redraws_the_whole_face_and_keeps_the_rest(env):
     assert identity.crop.shape == (model.size, model.size, 3) and identity.template.shape == (478, 3)
     out = str(root / "swap.mp4")
     result = dub(storage, settings, uri, modes.swap_face(DubInputs(uri), identity), out, model, features, source)
+    assert result.detail_factor == 0  # the source's skin texture is never kept on a swapped face
     assert result.frames == source.n_frames and result.rendered_frames > 0.9 * source.n_frames
     assert load_audio(storage, out).duration_s == pytest.approx(result.video_seconds, abs=0.06)
     with VideoSource(storage, uri) as a, VideoSource(storage, out) as b:

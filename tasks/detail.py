@@ -1,0 +1,95 @@
+"""Fine detail the model crop cannot carry, moved over from the frame being redrawn (DESIGN section 2.4).
+
+The generator draws the lower face in a ``size`` crop (128 px in the ``cpu`` config). A face that
+covers more pixels than that in the frame loses, in the round trip, every frequency above the
+crop's Nyquist limit: pores, stubble, the fine lines of the lips. Pasted back, the mouth looks soft
+next to the untouched upper face (QA's sharpness ratio).
+
+That band is not lost, though: it is in the frame being redrawn. ``with_detail`` cuts a crop of the
+frame ``factor`` times finer than the model's, keeps only what the model crop cannot hold (the crop
+minus its own down-and-up-sampled copy), moves that detail with the face from the tracked mesh onto
+the mesh being drawn (triangle by triangle, like the face-swap texture), and adds it to the upsampled
+generated crop. The mouth opening itself is outside the Face Mesh tessellation, so teeth and tongue
+stay the generator's own. With ``factor`` 1 (a face no bigger than the model crop) nothing changes.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from models.renderer import warp_texture
+from tasks.geometry import warp_crop
+
+
+def detail_factor(mats: np.ndarray, max_factor: int) -> int:
+    """How many times finer than the model crop (matrices ``mats`` (N, 2, 3), frame -> crop) the
+    frame samples the face: the median over frames, rounded, in [1, max_factor]."""
+    if len(mats) == 0 or max_factor <= 1:
+        return 1
+    crop_px_per_frame_px = np.sqrt(np.abs(np.linalg.det(mats[:, :, :2])))
+    return int(np.clip(round(float(np.median(1.0 / np.maximum(crop_px_per_frame_px, 1e-6)))), 1, max_factor))
+
+
+def low_band(image: np.ndarray, size: int) -> np.ndarray:
+    """(D, D, 3) -> float32: what a ``size`` crop can hold of it, its down-and-up-sampled copy."""
+    d = image.shape[0]
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (d, d), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+
+
+def high_band(crops: np.ndarray, size: int) -> np.ndarray:
+    """(B, D, D, 3) uint8 -> float32: what a ``size`` crop cannot hold, crop minus its down-up copy."""
+    return np.stack([c.astype(np.float32) - low_band(c, size) for c in crops])
+
+
+def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
+                new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float = 1.0,
+                batch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generated crops with the frames' fine detail, ``factor`` times finer.
+
+    frames: (B, H, W, 3) uint8; generated: (B, S, S, 3) uint8; mats: (B, 2, 3) frame -> S crop;
+    old_verts / new_verts: (B, V, 3) the tracked and the drawn mesh in S-crop pixels; masks: (B, S, S)
+    the redraw masks. Returns float32 crops (B, D, D, 3) in [0, 255], their masks (B, D, D) and
+    matrices (B, 2, 3), D = S * factor, ready for ``composite``.
+    """
+    size = generated.shape[1]
+    band = max(4, int(round(size * detail_from)))
+    if factor <= 1 and band >= size:
+        return generated.astype(np.float32), masks, mats
+    d = size * factor
+    fine = (mats * factor).astype(mats.dtype)
+    out = np.empty((len(frames), d, d, 3), np.float32)
+    for s in range(0, len(frames), batch):   # bounded memory: the rasterizer works per pixel
+        e = s + batch
+        detail = high_band(np.stack([warp_crop(f, m, d) for f, m in zip(frames[s:e], fine[s:e])]), band)
+        # only the window the masks (and their feathering) reach is rasterized: the lower face
+        x0, y0, side = _window(masks[s:e], factor, pad=int(0.05 * d) + 2)
+        target = new_verts[s:e] * factor - np.array([x0, y0, 0], np.float32)
+        moved, _ = warp_texture(torch.from_numpy(detail).permute(0, 3, 1, 2),
+                                torch.from_numpy(np.ascontiguousarray(old_verts[s:e] * factor, np.float32)),
+                                torch.from_numpy(np.ascontiguousarray(target, np.float32)), side)
+        moved = moved.permute(0, 2, 3, 1).numpy()
+        h, w = min(side, d - y0), min(side, d - x0)
+        for k, g in enumerate(generated[s:e]):
+            up = cv2.resize(g, (d, d), interpolation=cv2.INTER_CUBIC)
+            up = low_band(up, band) if band < size else up.astype(np.float32)
+            up[y0:y0 + h, x0:x0 + w] += moved[k, :h, :w]
+            out[s + k] = np.clip(up, 0, 255)
+    big_masks = np.stack([cv2.resize(m, (d, d), interpolation=cv2.INTER_LINEAR) for m in masks])
+    return out, big_masks, fine
+
+
+def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
+    """(x0, y0, side): the square, in the ``factor`` times finer crop, around where any mask is > 0."""
+    d = masks.shape[1] * factor
+    ys, xs = np.nonzero(masks.max(0) > 1e-3)
+    if len(xs) == 0:
+        return 0, 0, 1
+    x0, y0 = max(int(xs.min()) * factor - pad, 0), max(int(ys.min()) * factor - pad, 0)
+    x1, y1 = min((int(xs.max()) + 1) * factor + pad, d), min((int(ys.max()) + 1) * factor + pad, d)
+    return x0, y0, max(x1 - x0, y1 - y0)
+
+
+__all__ = ["detail_factor", "high_band", "with_detail"]
