@@ -198,7 +198,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
                 fine = with_detail(frames, gen, mats[ii], old_v[ii], verts, mask, factor, settings.detail_from) \
                     if settings.detail_transfer else (gen, mask, mats[ii])
                 outputs[name].extend(warp_crop(composite(f, g, mt, mk), track.crop[i], settings.crop_size)
-                                     for f, g, mt, mk, i in zip(frames, *fine, ii))
+                                     for f, g, mk, mt, i in zip(frames, *fine, ii))
             outputs["resyncer_no_detail"].extend(
                 warp_crop(composite(f, g, mats[i], mk), track.crop[i], settings.crop_size)
                 for f, g, mk, i in zip(frames, *gens["resyncer"], ii))
