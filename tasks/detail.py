@@ -67,15 +67,21 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
         # only the window the masks (and their feathering) reach is rasterized: the lower face
         x0, y0, side = _window(masks[s:e], factor, pad=int(0.05 * d) + 2)
         target = new_verts[s:e] * factor - np.array([x0, y0, 0], np.float32)
-        moved, _ = warp_texture(torch.from_numpy(detail).permute(0, 3, 1, 2),
-                                torch.from_numpy(np.ascontiguousarray(old_verts[s:e] * factor, np.float32)),
-                                torch.from_numpy(np.ascontiguousarray(target, np.float32)), side)
-        moved = moved.permute(0, 2, 3, 1).numpy()
+        moved, covered = warp_texture(torch.from_numpy(detail).permute(0, 3, 1, 2),
+                                      torch.from_numpy(np.ascontiguousarray(old_verts[s:e] * factor, np.float32)),
+                                      torch.from_numpy(np.ascontiguousarray(target, np.float32)), side)
+        moved, covered = moved.permute(0, 2, 3, 1).numpy(), covered[:, 0].numpy()
         h, w = min(side, d - y0), min(side, d - x0)
         for k, g in enumerate(generated[s:e]):
-            up = cv2.resize(g, (d, d), interpolation=cv2.INTER_CUBIC)
-            up = low_band(up, band) if band < size else up.astype(np.float32)
-            up[y0:y0 + h, x0:x0 + w] += moved[k, :h, :w]
+            up = cv2.resize(g, (d, d), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+            # where the mesh carries texture its fine band replaces the generator's; the open mouth
+            # (no triangles there) keeps all the generator drew, with a soft edge between the two
+            hard = covered[k, :h, :w]
+            cover = np.maximum(hard, cv2.GaussianBlur(hard, (0, 0), factor))[..., None]
+            win = up[y0:y0 + h, x0:x0 + w]
+            if band < size:
+                win += cover * (low_band(up, band)[y0:y0 + h, x0:x0 + w] - win)
+            win += cover * moved[k, :h, :w]
             out[s + k] = np.clip(up, 0, 255)
     big_masks = np.stack([cv2.resize(m, (d, d), interpolation=cv2.INTER_LINEAR) for m in masks])
     return out, big_masks, fine
@@ -92,4 +98,4 @@ def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
     return x0, y0, max(x1 - x0, y1 - y0)
 
 
-__all__ = ["detail_factor", "high_band", "with_detail"]
+__all__ = ["detail_factor", "high_band", "low_band", "with_detail"]
