@@ -215,12 +215,14 @@ def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices, size:
     covered = zbuf != none
     tri = torch.where(covered, (zbuf & 0x7FFF).long(), 0)  # (B, P) triangle under each pixel
     ax, ay, c, _ = _barycentric_planes(v[:, tris][..., :2])      # (B, F, 3) each
-    pix = torch.arange(size * size, device=v.device)
-    px, py = (pix % size).to(v.dtype), (pix // size).to(v.dtype)
-    pick = lambda q: torch.gather(q, 1, tri[..., None].expand(-1, -1, 3))  # noqa: E731 - (B, P, 3)
-    bary = pick(ax) * px[None, :, None] + pick(ay) * py[None, :, None] + pick(c)
+    # Barycentric coordinates are affine in the pixel, so is the source point they pick: one
+    # (2 x 3) map per triangle, gathered once per pixel.
     corners = src[:, tris]                                        # (B, F, 3, 2)
-    where = (torch.gather(corners, 1, tri[..., None, None].expand(-1, -1, 3, 2)) * bary[..., None]).sum(2)
+    affine = torch.stack([(corners * q[..., None]).sum(2) for q in (ax, ay, c)], -1).flatten(2)  # (B, F, 6)
+    a = torch.gather(affine, 1, tri[..., None].expand(-1, -1, 6))  # (B, P, 6)
+    pix = torch.arange(size * size, device=v.device)
+    px, py = (pix % size).to(v.dtype)[None], (pix // size).to(v.dtype)[None]
+    where = torch.stack([a[..., 0] * px + a[..., 1] * py + a[..., 2], a[..., 3] * px + a[..., 4] * py + a[..., 5]], -1)
     h, w = images.shape[-2:]
     grid = torch.stack([where[..., 0] / max(w - 1, 1), where[..., 1] / max(h - 1, 1)], -1) * 2 - 1
     warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, size, size, 2), mode="bilinear",
