@@ -54,13 +54,12 @@ from models.resyncer import ReSyncer
 from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
 from tasks.audio import load_audio, speech_envelope
-from tasks.composite import composite
 from tasks.decode import VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
-from tasks.detail import detail_factor, with_detail
+from tasks.detail import composite_redrawn, detail_factor
 from tasks.qa import OutputObserver, av_offset, corr, laplacian_sharpness
 from tasks.lipsync import (_to_tensor, crop_vertices, planned_meshes, redraw, reference_frame, reference_window,
                            renderable)
@@ -120,7 +119,7 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
         if np.isfinite(gm).all():
             box = (*gm[:, :2].min(0), *gm[:, :2].max(0))
             ids.append(identity.distance(identity.descriptor(o, box), identity.descriptor(t, box)))
-            mouth = OutputObserver._mouth_box(gm[:, :2])
+            mouth = OutputObserver.mouth_box(gm[:, :2])
             sharp.append(laplacian_sharpness(o[mouth]) / max(laplacian_sharpness(t[mouth]), 1e-6))
     opening = mouth_opening(marks)
     off, conf = av_offset(np.nan_to_num(opening, nan=np.nanmean(opening)), env, max_lag=5)
@@ -176,7 +175,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
         codes = model.reference_codes(_to_tensor(warp_crop(video.frame(ref_i), mats[ref_i], size)[None])[0])
         ref_crop = fit_clip.clip.crops[fit_pos[ref_i]] if ref_i in fit_pos else warp_crop(video.frame(ref_i), mats[ref_i], size)
         ref_verts = fit_clip.clip.verts[fit_pos[ref_i]] if ref_i in fit_pos else old_v[ref_i]
-        factor = detail_factor(mats[usable], settings.detail_max_factor)
+        factor = detail_factor(mats[usable], settings.detail_max_factor) if settings.detail_transfer else 0
         wanted = set(int(i) for i in eval_idx)
         for chunk in video.chunks(settings.decode_chunk, start=int(eval_idx.min()), stop=int(eval_idx.max()) + 1):
             keep = [k for k, i in enumerate(chunk.indices) if int(i) in wanted]
@@ -195,13 +194,11 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
                      **{k: (c, masks, v) for k, (c, v) in pasted.items()}}
             # every method goes through the production compositor, detail transfer included
             for name, (gen, mask, verts) in drawn.items():
-                fine = with_detail(frames, gen, mats[ii], old_v[ii], verts, mask, factor, settings.detail_from) \
-                    if settings.detail_transfer else (gen, mask, mats[ii])
-                outputs[name].extend(warp_crop(composite(f, g, mt, mk), track.crop[i], settings.crop_size)
-                                     for f, g, mk, mt, i in zip(frames, *fine, ii))
-            outputs["resyncer_no_detail"].extend(
-                warp_crop(composite(f, g, mats[i], mk), track.crop[i], settings.crop_size)
-                for f, g, mk, i in zip(frames, *gens["resyncer"], ii))
+                outputs[name].extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(
+                    composite_redrawn(frames, gen, mats[ii], old_v[ii], verts, mask, factor, settings.detail_from), ii))
+            gen, mask = gens["resyncer"]
+            outputs["resyncer_no_detail"].extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(
+                composite_redrawn(frames, gen, mats[ii], old_v[ii], new_v[ii], mask, 0, 1.0), ii))
             truths.extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(frames, ii))
 
     gt_marks = retrack(truths)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from models.renderer import warp_texture
+from tasks.composite import composite
 from tasks.geometry import warp_crop
 
 
@@ -87,6 +88,15 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
     return out, big_masks, fine
 
 
+def composite_redrawn(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
+                      new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float) -> list[np.ndarray]:
+    """Each redrawn crop composited into its frame (arguments as for ``with_detail``), with the
+    frame's detail carried over ``factor`` times finer; ``factor`` 0 turns detail transfer off."""
+    if factor > 0:
+        generated, masks, mats = with_detail(frames, generated, mats, old_verts, new_verts, masks, factor, detail_from)
+    return [composite(f, g, m, k) for f, g, m, k in zip(frames, generated, mats, masks)]
+
+
 def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
     """(x0, y0, side): the square, in the ``factor`` times finer crop, around where any mask is > 0."""
     d = masks.shape[1] * factor
@@ -98,4 +108,4 @@ def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
     return x0, y0, max(x1 - x0, y1 - y0)
 
 
-__all__ = ["detail_factor", "high_band", "low_band", "with_detail"]
+__all__ = ["composite_redrawn", "detail_factor", "high_band", "low_band", "with_detail"]

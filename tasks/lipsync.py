@@ -41,9 +41,8 @@ from models.generator import masked_target
 from models.renderer import face_mask, mouth_mask, render_mesh, warp_texture
 from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, load_audio
-from tasks.composite import composite
 from tasks.decode import VideoSource, local_path
-from tasks.detail import detail_factor, with_detail
+from tasks.detail import composite_redrawn, detail_factor
 from tasks.encode import encode_h264
 from tasks.geometry import warp_crop
 from tasks.landmarks import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, mouth_opening
@@ -312,20 +311,18 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                 gen, m = redraw(model, crops, new_verts[ii], old_verts[ii], codes, local, settings.amp_inference,
                                 settings.compile_generator, settings.decode_chunk, whole_face, texture)
                 t3 = time.perf_counter()
-                if detail:
-                    gen, m, chunk_mats = with_detail(chunk.frames[todo], gen, mats[ii], old_verts[ii], new_verts[ii], m,
-                                                     factor, settings.detail_from)
-                else:
-                    chunk_mats = mats[ii]
-                for j, (k, i) in enumerate(zip(todo, ii)):
-                    out[k] = composite(chunk.frames[k], gen[j], chunk_mats[j], m[j])
+                pasted = composite_redrawn(chunk.frames[todo], gen, mats[ii], old_verts[ii], new_verts[ii], m, factor,
+                                           settings.detail_from)
+                for k, frame in zip(todo, pasted):
+                    out[k] = frame
                 local["composite_s"] += time.perf_counter() - t3
                 local["redraw_s"] += t3 - t1
             return chunk, out, local, len(todo)
 
         workers = redraw_workers(settings, model)
-        detail = settings.detail_transfer and not whole_face   # a swap must not keep the source's skin
-        factor = detail_factor(mats[usable], settings.detail_max_factor) if detail else 1
+        # detail transfer (0: off); a swap must not keep the source's skin
+        factor = detail_factor(mats[usable], settings.detail_max_factor) \
+            if settings.detail_transfer and not whole_face else 0
 
         def frames() -> Iterator[np.ndarray]:
             pending: deque = deque()
@@ -379,7 +376,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
         qa_mats = crop_matrices(track, observer_crop, settings.crop_size)
         intended = crop_vertices(track, new_canonical, usable, qa_mats)[..., :2]
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio_seconds, duration, overhang,
-                     model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended, factor if detail else 0)
+                     model.version, timings, mouth_opening(new_canonical).astype(np.float32), intended, factor)
 
 
 def redraw_workers(settings: Settings, model: ReSyncer) -> int:

@@ -111,7 +111,7 @@ class OutputObserver:
                 continue
             pts = faces[0].points[:, :2]
             self.marks[i] = pts
-            box = self._mouth_box(pts)
+            box = self.mouth_box(pts)
             src = warp_crop(source[k], self.mats[i], QA_CROP)
             self.sharp_out[i] = laplacian_sharpness(out[box])
             self.sharp_src[i] = laplacian_sharpness(src[box])
@@ -121,7 +121,8 @@ class OutputObserver:
                                                            self._faces.descriptor(out, face)))
 
     @staticmethod
-    def _mouth_box(pts: np.ndarray, margin: float = 0.15) -> tuple[slice, slice]:
+    def mouth_box(pts: np.ndarray, margin: float = 0.15) -> tuple[slice, slice]:
+        """The box around the lips (landmarks ``pts`` in QA-crop pixels) where sharpness is measured."""
         lips = pts[LIPS]
         (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
         mx, my = (x1 - x0) * margin, (y1 - y0) * margin + 2
