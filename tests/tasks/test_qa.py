@@ -41,7 +41,9 @@ def test_the_original_is_in_sync_and_a_shifted_audio_is_found(media_env, clip, m
     audio = load_audio(storage, uri)
     seconds = video_duration(track)
     offset, confidence = av_offset(opening, expected_opening(*model, track, fit_audio_length(audio.samples, seconds)))
-    assert offset == 0 and confidence > 0.5, (offset, confidence)
+    # in sync to within a frame (40 ms; broadcast tolerance is -125..+45 ms): over the whole clip, its
+    # last 30% held out in training, the expected opening peaks at lag 0 or 1 depending on the base
+    assert abs(offset) <= 1 and confidence > 0.5, (offset, confidence)
     late = np.concatenate([np.zeros(int(round(10 / track.fps * SAMPLE_RATE)), np.float32), audio.samples])
     offset, shifted = av_offset(opening, expected_opening(*model, track, fit_audio_length(late, seconds)))
     assert offset == pytest.approx(-10, abs=1) and shifted > 0.5   # the sound now comes 10 frames late

@@ -106,22 +106,26 @@ def test_finetune_records_lineage(clip, tmp_path):
 
 def test_train_base_with_a_fresh_syncformer_keeps_the_generator(clip, tmp_path):
     """After a change to the SyncFormer's inputs: resume a base whose SyncFormer read one feature
-    frame, keep its generator, train a new SyncFormer in the current configuration."""
+    frame of other audio features, keep its generator, train a new SyncFormer in the current
+    configuration on the current features. Without a fresh SyncFormer the other features refuse."""
     from dataclasses import replace
 
     settings, storage, features, uri, _ = clip
     old_cfg = replace(CPU, syncformer=replace(CPU.syncformer, audio_offsets=(0,), dropout=0.1))
     torch.manual_seed(1)
-    old = ReSyncer(old_cfg, ModelCard(audio_features=features.name))
+    old = ReSyncer(old_cfg, ModelCard(audio_features=features.name + "-older"))
     old.save(tmp_path / "old")
     old = ReSyncer.load(tmp_path / "old")
     plan = TrainingPlan(syncformer=SyncFormerTraining(steps=6, eval_every=3, val_fraction=0.3),
                         generator=GeneratorTraining(steps=0, eval_every=1, max_eval_frames=8))
+    with pytest.raises(ValueError, match="cannot resume.*older"):
+        train_base(storage, settings, [uri], tmp_path / "kept", features, plan=plan, resume=old)
     model, summary = train_base(storage, settings, [uri], tmp_path / "new", features, plan=plan, resume=old,
                                 fresh_syncformer=True)
     loaded = ReSyncer.load(tmp_path / "new")
     assert loaded.config.syncformer == CPU.syncformer and loaded.config.generator == old_cfg.generator
     assert loaded.card.parent == old.version and summary["generator"]["steps"] == 0
+    assert loaded.card.audio_features == features.name
     for k, v in old.generator.state_dict().items():
         assert torch.equal(loaded.generator.state_dict()[k], v), k
     assert loaded.syncformer.audio_in[0].in_features == 384 * len(CPU.syncformer.audio_offsets)
@@ -158,3 +162,18 @@ def test_a_zero_budget_leaves_that_part_as_it_is():
     plan = TrainingPlan().with_budgets(0, 30)
     assert plan.syncformer.steps == 0 and plan.generator.time_budget_s == 30 and plan.generator.steps > 0
     assert TrainingPlan().with_budgets(None, None).syncformer.steps == TrainingPlan().syncformer.steps
+
+
+def test_a_model_gets_the_whisper_depth_it_was_trained_on(clip):
+    """Features are named by depth; a model trained on Whisper's own output (named as when
+    CTranslate2 computed it) gets that extractor whatever the setting, and the default is one block
+    earlier."""
+    settings, _, features, _, _ = clip
+    assert "-skip1-" in features.name and model_store.whisper_skip_blocks(features.name) == 1
+    legacy = features.name.replace("-skip1-", "-float32-")
+    assert model_store.whisper_skip_blocks(legacy) == 0
+    old = ReSyncer.new("cpu", ModelCard(audio_features=legacy))
+    assert model_store.features_for(settings, old).name == legacy
+    other = ReSyncer.new("cpu", ModelCard(audio_features=features.name.replace("whisper-enc-", "whisper-enc-0")))
+    with pytest.raises(Exception, match="trained on audio features"):
+        model_store.features_for(settings, other)
