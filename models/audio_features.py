@@ -190,8 +190,8 @@ class WhisperEncoderFeatures:
     The encoder runs in PyTorch (``models.whisper_encoder``) so that it can stop early:
     ``skip_blocks`` leaves out that many blocks at the end. The default, 1, reads the states one
     block before Whisper's output, which predict mouths better (ridge probes of mouth opening,
-    leave-one-speaker-out r = 0.57 vs 0.50; the Style-SyncFormer on the long 60-s clip 0.65 vs 0.53,
-    see the module docstring there); 0 gives Whisper's own output (after its final layer norm),
+    leave-one-speaker-out r = 0.571 vs 0.542; the Style-SyncFormer on the long 60-s clip 0.654 vs
+    0.526; see ``models.whisper_encoder``); 0 gives Whisper's own output (after its final layer norm),
     which is what CTranslate2's ``encode`` returns and keeps the name features had when
     CTranslate2 computed them, so models trained on those still find theirs. The model loads
     lazily, so a cache hit needs no model.

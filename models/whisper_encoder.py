@@ -2,11 +2,13 @@
 
 Why not CTranslate2 itself: its ``encode`` returns only the last layer, and for mouths the last
 layer is not the best. Whisper's last block is shaped for the text decoder's cross-attention; one
-block earlier the states still say more about how the sound is made. Measured on the shared clips
-with ridge probes of mouth opening (7 feature frames per video frame): per-speaker (fit 70% ->
-eval 30%, long 60-s clip) r = 0.65 after block 3 of tiny.en's 4 against 0.54 for the final output;
-leave-one-speaker-out mean r = 0.57 against 0.50. The same network in PyTorch also runs a 30-s
-window faster on this CPU (0.20 s against 0.28 s for CTranslate2 float32, 2 threads).
+block earlier the states still say more about how the sound is made. Measured on the shared
+clips with ridge probes of mouth opening (7 feature frames per video frame, lambda 3000): per-speaker
+(fit 70% -> eval 30%) mean r 0.354 after block 3 of tiny.en's 4 against 0.337 for the final output,
+0.654 against 0.594 on the long 60-s clip; leave-one-speaker-out mean r 0.571 against 0.542. The
+Style-SyncFormer trained on each (pooled, three seeds): held-out r on the long clip 0.654 against
+0.526, frame-weighted over all clips 0.575 against 0.562. The same network in PyTorch also runs a
+30-s window faster on this CPU (0.20 s against 0.28 s for CTranslate2 float32, 2 threads).
 
 The weights are parsed from CTranslate2's ``model.bin`` (a plain binary layout: name, shape,
 dtype, bytes per variable; nothing is unpickled), so the one Whisper folder on a machine serves
