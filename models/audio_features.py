@@ -88,13 +88,6 @@ def _fingerprint(paths: list[Path]) -> str:
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
 
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _window_starts(n_frames: int, length: int, hop: int) -> list[int]:
     """Window starts (in output frames) on a fixed grid, the last one padded rather than shifted,
     so a given second of a track always lands at the same window position."""
@@ -217,7 +210,7 @@ class WhisperEncoderFeatures:
         self.skip_blocks = int(skip_blocks)
         self.blocks = None if skip_blocks == 0 else n_blocks - skip_blocks
         self.device = device
-        self.threads = threads or _cpu_count()
+        self.threads = threads          # None: torch's own setting (a Ray actor's share of the CPUs)
         self.batch_windows = max(1, batch_windows)
         self.dim = self._read_width(path)
         self.rate_hz = SAMPLE_RATE / (2 * _HOP)  # conv stride 2 over 100-Hz mel frames: 50 Hz
@@ -261,7 +254,8 @@ class WhisperEncoderFeatures:
 
         model = self._load()
         prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
                 out = model(torch.from_numpy(np.ascontiguousarray(mels, np.float32)).to(self.device), self.blocks)

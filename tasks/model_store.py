@@ -10,8 +10,8 @@ network inputs it has never seen.
 from __future__ import annotations
 
 import importlib.util
-import re
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
