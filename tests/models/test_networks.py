@@ -122,3 +122,17 @@ def test_pickles_and_tampered_weights_are_refused(tmp_path):
         load_checkpoint(ok)
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "absent")
+
+
+def test_whisper_encoder_shapes_and_depth():
+    """(B, 80, 3000) log-mel -> (B, 1500, dim) at 50 Hz; stopping after k blocks gives the residual
+    stream there, and the full depth is the last block's stream through the final norm."""
+    from models.whisper_encoder import WhisperEncoder
+
+    torch.manual_seed(0)
+    enc = WhisperEncoder(dim=64, heads=1, hidden=128, n_blocks=2).eval()
+    mel = torch.randn(2, 80, 3000)
+    with torch.no_grad():
+        full, one, two = enc(mel), enc(mel, 1), enc(mel, 2)
+    assert full.shape == one.shape == (2, 1500, 64) and full.dtype == torch.float32
+    assert torch.allclose(full, enc.norm(two)) and not torch.allclose(one, two)
