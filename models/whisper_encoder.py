@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,33 @@ def _read_string(f: BinaryIO) -> str:
     return f.read(n)[:-1].decode("utf-8")  # written with a trailing NUL
 
 
+def _variables(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[str, tuple[int, ...], int, int]]:
+    """(name, shape, type id, byte count) of every variable in an open ``model.bin``, the file
+    positioned at that variable's bytes; bytes the caller does not read are skipped."""
+    header = f.read(4)
+    if len(header) != 4:
+        raise ValueError(f"{path} is not a CTranslate2 model file (empty)")
+    (version,) = struct.unpack("<I", header)
+    if version not in (5, 6):
+        raise ValueError(f"{path}: CTranslate2 binary version {version} is not supported (5 or 6: "
+                         "convert the model with CTranslate2 3.0 or newer)")
+    _read_string(f)                       # spec name
+    f.read(4)                             # spec revision
+    (count,) = struct.unpack("<I", f.read(4))
+    for _ in range(count):
+        try:
+            name = _read_string(f)
+            (rank,) = struct.unpack("<B", f.read(1))
+            shape = struct.unpack(f"<{rank}I", f.read(4 * rank))
+            (type_id,) = struct.unpack("<B", f.read(1))
+            (n_bytes,) = struct.unpack("<I", f.read(4))
+        except (struct.error, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is truncated or not a CTranslate2 model ({e})") from e
+        start = f.tell()
+        yield name, shape, type_id, n_bytes
+        f.seek(start + n_bytes)
+
+
 def read_ctranslate2_encoder(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The ``encoder/...`` variables of a CTranslate2 ``model.bin`` as float32 tensors.
 
@@ -44,24 +71,8 @@ def read_ctranslate2_encoder(path: str | os.PathLike[str]) -> dict[str, torch.Te
     (int8 models: convert with ``--quantization float16`` or use a float model)."""
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as f:
-        header = f.read(4)
-        if len(header) != 4:
-            raise ValueError(f"{path} is not a CTranslate2 model file (empty)")
-        (version,) = struct.unpack("<I", header)
-        if version not in (5, 6):
-            raise ValueError(f"{path}: CTranslate2 binary version {version} is not supported (5 or 6: "
-                             "convert the model with CTranslate2 3.0 or newer)")
-        _read_string(f)                       # spec name
-        f.read(4)                             # spec revision
-        (count,) = struct.unpack("<I", f.read(4))
-        for _ in range(count):
-            name = _read_string(f)
-            (rank,) = struct.unpack("<B", f.read(1))
-            shape = struct.unpack(f"<{rank}I", f.read(4 * rank))
-            (type_id,) = struct.unpack("<B", f.read(1))
-            (n_bytes,) = struct.unpack("<I", f.read(4))
+        for name, shape, type_id, n_bytes in _variables(f, path):
             if not name.startswith("encoder/") or name == "encoder/num_heads":
-                f.seek(n_bytes, os.SEEK_CUR)
                 continue
             if type_id not in _FLOAT_TYPES:
                 kind = _TYPE_NAMES[type_id] if type_id < len(_TYPE_NAMES) else str(type_id)
@@ -73,6 +84,11 @@ def read_ctranslate2_encoder(path: str | os.PathLike[str]) -> dict[str, torch.Te
     if "encoder/conv1/weight" not in out:
         raise ValueError(f"{path} holds no Whisper encoder (no encoder/conv1/weight)")
     return out
+
+
+def _is_block(name: str) -> bool:
+    """One variable per encoder block: its first MLP layer's weight."""
+    return name.startswith("encoder/layer_") and name.endswith("/ffn/linear_0/weight")
 
 
 class SelfAttention(nn.Module):
@@ -132,7 +148,7 @@ class WhisperEncoder(nn.Module):
     def from_ctranslate2(cls, model_dir: str | os.PathLike[str]) -> "WhisperEncoder":
         """Build and load from a CTranslate2 Whisper directory (its ``model.bin``)."""
         w = read_ctranslate2_encoder(Path(model_dir) / "model.bin")
-        n_blocks = sum(1 for k in w if k.endswith("/ffn/linear_0/weight"))
+        n_blocks = sum(map(_is_block, w))
         hidden, dim = w["encoder/layer_0/ffn/linear_0/weight"].shape
         n_mels = w["encoder/conv1/weight"].shape[1]
         enc = cls(dim, heads=dim // 64, hidden=hidden, n_blocks=n_blocks, n_mels=n_mels,
@@ -154,20 +170,9 @@ class WhisperEncoder(nn.Module):
 
 def count_blocks(model_dir: str | os.PathLike[str]) -> int:
     """Encoder blocks of a CTranslate2 Whisper model, from variable names only (no weights read)."""
-    n = 0
-    with open(Path(model_dir) / "model.bin", "rb") as f:
-        f.read(4)
-        _read_string(f)
-        f.read(4)
-        (count,) = struct.unpack("<I", f.read(4))
-        for _ in range(count):
-            name = _read_string(f)
-            (rank,) = struct.unpack("<B", f.read(1))
-            f.seek(4 * rank + 1, os.SEEK_CUR)
-            (n_bytes,) = struct.unpack("<I", f.read(4))
-            f.seek(n_bytes, os.SEEK_CUR)
-            n += name.startswith("encoder/layer_") and name.endswith("/ffn/linear_0/weight")
-    return n
+    path = Path(model_dir) / "model.bin"
+    with open(path, "rb") as f:
+        return sum(_is_block(name) for name, *_ in _variables(f, path))
 
 
 __all__ = ["WhisperEncoder", "read_ctranslate2_encoder", "count_blocks"]

@@ -171,6 +171,9 @@ def test_whisper_encoder_reader_refuses_what_it_cannot_read(tmp_path):
     (tmp_path / "cut.bin").write_bytes(model_bin(0, b"\0" * 7, n_bytes=16))
     with pytest.raises(ValueError, match="truncated"):
         read_ctranslate2_encoder(tmp_path / "cut.bin")
+    (tmp_path / "short.bin").write_bytes(model_bin(0, b"\0" * 16)[:30])     # cut inside a variable's header
+    with pytest.raises(ValueError, match="truncated"):
+        read_ctranslate2_encoder(tmp_path / "short.bin")
     (tmp_path / "f16.bin").write_bytes(model_bin(4, np.arange(4, dtype=np.float16).tobytes()))
     assert read_ctranslate2_encoder(tmp_path / "f16.bin")["encoder/conv1/weight"].tolist() == [0, 1, 2, 3]
 
