@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from catalogs.errors import ErrorClass, ResyncError
-from catalogs.storage import Storage
+from catalogs.storage import Storage, is_s3
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,19 @@ def read_listing(storage: Storage, uri: str) -> list[ListingRow]:
                 rows.append(ListingRow(i, {"_line": line[:500]}, parse_error=f"line does not parse: {e}"))
         return rows
     raise ResyncError(ErrorClass.UNSUPPORTED_INPUT, "listing must be .csv, .parquet or .jsonl", item=uri)
+
+
+def labelled_videos(storage: Storage, listing: str) -> tuple[list[str], list[str]]:
+    """(URIs, speaker ids) from a listing with ``uri`` and ``speaker_id`` columns, for training; relative
+    URIs are taken from the listing's folder, as ingest does. A row without both is an error."""
+    uris, speakers = [], []
+    for row in read_listing(storage, listing):
+        uri, speaker = row.values.get("uri"), row.values.get("speaker_id")
+        if row.parse_error or not uri or not speaker:
+            raise ResyncError(ErrorClass.INVALID_ROW, f"row {row.number} needs uri and speaker_id "
+                              f"({row.parse_error or row.values})", item=listing)
+        if not is_s3(uri) and not os.path.isabs(uri) and not is_s3(listing):
+            uri = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(listing)), uri))
+        uris.append(uri)
+        speakers.append(speaker)
+    return uris, speakers

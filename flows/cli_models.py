@@ -147,7 +147,14 @@ def _report(summary: dict, folder: str, version: str | None) -> None:
 
 @model_app.command("train-base")
 def train_base(
-    videos: list[str] = typer.Argument(..., help="Videos of many speakers (local paths or s3:// URIs)."),
+    videos: Optional[list[str]] = typer.Argument(None, help="Videos of many speakers (local paths or s3:// URIs); "
+                                                 "or give --listing."),
+    listing: Optional[str] = typer.Option(None, "--listing", help="CSV/Parquet/JSONL of the videos with uri and "
+                                          "speaker_id columns (the base's: catalogs/listings/base_train.csv, "
+                                          "../shared/data/train/). Validation then holds out whole speakers."),
+    val_speakers: Optional[float] = typer.Option(None, "--val-speakers", help="Share of the footage, as whole "
+                                                 "speakers, held out for validation with --listing (default 0.15; "
+                                                 "0: the last 30% of every clip instead)."),
     output: str = typer.Option(..., "-o", "--output", help="Folder to write the model to (safetensors + config.json)."),
     config: str = typer.Option("cpu", "--config", help="Model configuration: cpu (128 px, 2 cores) or full (256 px, GPU)."),
     sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 240; 0 leaves it as it is)."),
@@ -167,11 +174,18 @@ def train_base(
     settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
     if fresh_syncformer and not resume:
         fail("--fresh-syncformer needs --resume (a model whose generator to keep)", code=2)
+    if bool(videos) == bool(listing):
+        fail("give the VIDEOS or a --listing, not both", code=2)
     try:
+        from catalogs.listing import labelled_videos
+
+        uris, speakers = labelled_videos(storage, listing) if listing else (list(videos), None)
         start = model_store.load_model(settings, resume) if resume else None
         plan = _budgets(TrainingPlan(config=start.config.name if start else config), sync_seconds, gen_seconds, seed)
-        model, summary = run(storage, settings, videos, output, features, cache, plan, say=console.print, resume=start,
-                             fresh_syncformer=fresh_syncformer)
+        if val_speakers is not None:
+            plan.val_speaker_share = val_speakers
+        model, summary = run(storage, settings, uris, output, features, cache, plan, say=console.print, resume=start,
+                             fresh_syncformer=fresh_syncformer, speakers=speakers)
     except (ResyncError, ValueError) as e:
         fail(str(e))
     _write_card(model, summary, output)

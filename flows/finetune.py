@@ -21,13 +21,15 @@ from tasks.model_jobs import finetune_job
 from tasks.model_store import ensure_base_model
 
 
-def speaker_footage(tables: DeltaTables, speaker_id: str | None) -> tuple[list[str], list[str]]:
-    """(video ids, URIs) of one speaker's catalog videos (all videos when ``speaker_id`` is None)."""
+def speaker_footage(tables: DeltaTables, speaker_id: str | None, with_speakers: bool = False) -> tuple[list[str], ...]:
+    """(video ids, URIs[, speaker ids]) of one speaker's catalog videos (all videos when
+    ``speaker_id`` is None)."""
     videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id"])
     if speaker_id is not None:
         videos = videos.filter(pc.equal(videos["speaker_id"], speaker_id))
     videos = videos.sort_by("video_id")
-    return videos["video_id"].to_pylist(), videos["uri"].to_pylist()
+    out = (videos["video_id"].to_pylist(), videos["uri"].to_pylist())
+    return (*out, videos["speaker_id"].to_pylist()) if with_speakers else out
 
 
 @task(name="register-model", cache_policy=NO_CACHE)

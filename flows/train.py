@@ -22,11 +22,11 @@ def train_base(root: str | None = None, video_ids: list[str] | None = None, resu
     base unless ``resume`` is off, and register it: every item is then dubbed again with it."""
     settings = flow_settings(root=root, ray_address=ray_address)
     tables = DeltaTables(Storage(settings))
-    ids, uris = speaker_footage(tables, None)
+    ids, uris, speakers = speaker_footage(tables, None, with_speakers=True)
     if video_ids:
         wanted = set(video_ids)
-        pairs = [(i, u) for i, u in zip(ids, uris) if i in wanted]
-        ids, uris = [i for i, _ in pairs], [u for _, u in pairs]
+        keep = [k for k, i in enumerate(ids) if i in wanted]
+        ids, uris, speakers = [ids[k] for k in keep], [uris[k] for k in keep], [speakers[k] for k in keep]
     if not ids:
         raise ValueError("no catalog videos to train on")
     start = ensure_base_model(tables, settings) if resume else None
@@ -35,7 +35,7 @@ def train_base(root: str | None = None, video_ids: list[str] | None = None, resu
                                             "generator_seconds": generator_seconds}, new_run_id("train"))
     try:
         record = run_training(settings, train_base_job, ids, uris, start["uri"] if start else None,
-                              settings.render_config, syncformer_seconds, generator_seconds)
+                              settings.render_config, syncformer_seconds, generator_seconds, speakers)
     except Exception:
         RunLog(tables).finish(run_id, "failed", 1, 0, 1)
         raise

@@ -39,6 +39,7 @@ class GeneratorData:
     time: torch.Tensor     # (N,) position of the frame within its clip, 0..1
     face_masks: torch.Tensor | None = None  # (N, 1, S, S) soft whole-face mask (face-swap training)
     verts: torch.Tensor | None = None       # (N, V, 3) tracked mesh in crop pixels (face-swap textures)
+    held_out: torch.Tensor | None = None    # (N,) bool: frames of held-out speakers (validation only)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -91,9 +92,15 @@ def references(data: GeneratorData, idx: torch.Tensor, gen: torch.Generator, poo
     return out
 
 
+def by_speaker(data: GeneratorData) -> bool:
+    """Whether validation is whole held-out speakers rather than the end of every clip."""
+    return data.held_out is not None and bool(data.held_out.any())
+
+
 def split(data: GeneratorData, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and held-out frame indices: the end of every clip is held out."""
-    val = data.time >= 1 - val_fraction
+    """Training and held-out frame indices: the held-out speakers' frames when there are any,
+    otherwise the end of every clip."""
+    val = data.held_out if by_speaker(data) else data.time >= 1 - val_fraction
     return torch.nonzero(~val).flatten(), torch.nonzero(val).flatten()
 
 
@@ -139,9 +146,11 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     train_idx, val_idx = split(data, cfg.val_fraction)
     if len(val_idx) == 0:
         val_idx = train_idx
+    # a held-out speaker has no training frames: its references are its own other frames, as at inference
+    ref_pool = val_idx if by_speaker(data) else train_idx
     if len(val_idx) > cfg.max_eval_frames:
         val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
-    val_ref = references(data, val_idx, gen, train_idx)  # fixed references: comparable evaluations
+    val_ref = references(data, val_idx, gen, ref_pool)  # fixed references: comparable evaluations
     swapping = cfg.swap_share > 0 and data.face_masks is not None and data.verts is not None
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))

@@ -32,6 +32,7 @@ class Sequence:
     audio: torch.Tensor   # (T, token_dim) audio tokens (models.audio_features.frame_tokens)
     disp: torch.Tensor    # (T, V, 3)
     template: torch.Tensor | None = None  # (T, V, 3) the shot template of every frame: disp + template = mesh
+    held_out: bool = False  # a held-out speaker's: validation only (then no clip is cut in time)
 
 
 @dataclass
@@ -59,7 +60,10 @@ class SyncFormerTraining:
 
 
 def split(seqs: list[Sequence], val_fraction: float) -> tuple[list[Sequence], list[Sequence]]:
-    """Hold out the end of every clip (contiguous, so neighbouring frames do not leak)."""
+    """Held-out speakers' sequences when there are any (a base is selected on people it never saw, as
+    it is used); otherwise the end of every clip (contiguous, so neighbouring frames do not leak)."""
+    if any(s.held_out for s in seqs):
+        return [s for s in seqs if not s.held_out], [s for s in seqs if s.held_out]
     train, val = [], []
     for s in seqs:
         cut = int(round(len(s.audio) * (1 - val_fraction)))

@@ -56,8 +56,10 @@ def finetune_job(settings: Settings, speaker_id: str, video_ids: list[str], vide
 
 
 def train_base_job(settings: Settings, video_ids: list[str], video_uris: list[str], resume_uri: str | None = None,
-                   config: str = "cpu", syncformer_s: float | None = None, generator_s: float | None = None) -> ModelRecord:
-    """Train (or continue) a base model over many speakers and publish it to ROOT/models/base/{version}."""
+                   config: str = "cpu", syncformer_s: float | None = None, generator_s: float | None = None,
+                   speakers: list[str] | None = None) -> ModelRecord:
+    """Train (or continue) a base model over many speakers and publish it to ROOT/models/base/{version}.
+    ``speakers`` (one per video) makes validation hold out whole speakers."""
     storage = Storage(settings)
     start = model_store.load_model(settings, model_store.local_model_dir(storage, settings, resume_uri)) if resume_uri else None
     features = model_store.features_for(settings, start) if start else model_store.audio_features(settings)
@@ -65,7 +67,7 @@ def train_base_job(settings: Settings, video_ids: list[str], video_uris: list[st
     folder = Path(tempfile.mkdtemp(prefix="resync-base-"))
     try:
         model, summary = train_base(storage, settings, video_uris, folder, features, model_store.feature_cache(settings),
-                                    plan, resume=start)
+                                    plan, resume=start, speakers=speakers)
         uri = storage.uri("models", "base", model.version)
         _publish(storage, model, summary, folder, uri, "resync run train")
     finally:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from catalogs.errors import ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
@@ -43,6 +44,8 @@ class PreparedClip:
     clip: ClipData           # the usable frames, crops at the model's size
     audio: np.ndarray        # (N, token_dim) audio tokens at those frames' times (frame_tokens)
     n_frames: int            # frames in the whole video (for time-based splits)
+    speaker: str | None = None  # who speaks (validation holds out whole speakers)
+    held_out: bool = False   # a held-out speaker's clip: validation only
 
 
 def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
@@ -73,14 +76,14 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
             if len(run) >= min_length:
                 disp = np.nan_to_num(c.clip.disp[run])
                 out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(disp),
-                                    torch.from_numpy(c.clip.canonical[run] - disp)))
+                                    torch.from_numpy(c.clip.canonical[run] - disp), held_out=c.held_out))
     return out
 
 
 def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
     """Stack every usable frame: crops in [-1, 1], the tracked mesh rendered, the lower-face and
     whole-face masks."""
-    crops, meshes, masks, faces, verts_all, clip_ids, times = [], [], [], [], [], [], []
+    crops, meshes, masks, faces, verts_all, clip_ids, times, held = [], [], [], [], [], [], [], []
     for k, c in enumerate(clips):
         size = c.clip.size
         for lo in range(0, len(c.clip), batch):
@@ -92,13 +95,16 @@ def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
         crops.append(torch.from_numpy(c.clip.crops).permute(0, 3, 1, 2).float().div(127.5).sub(1))
         clip_ids.append(torch.full((len(c.clip),), k, dtype=torch.long))
         times.append(torch.from_numpy(c.clip.frames / max(c.n_frames - 1, 1)).float())
+        held.append(torch.full((len(c.clip),), c.held_out, dtype=torch.bool))
     return GeneratorData(torch.cat(crops), torch.cat(meshes), torch.cat(masks), torch.cat(clip_ids), torch.cat(times),
-                         torch.cat(faces), torch.cat(verts_all))
+                         torch.cat(faces), torch.cat(verts_all), torch.cat(held))
 
 
-# The base holds out the last 30% of every clip: exactly the eval split of bench/quality (DESIGN
-# section 6), so the benchmark never scores frames the base was trained on.
+# Without speaker labels the base holds out the last 30% of every clip. With them (the base recipe:
+# ../shared/data/train/ and its data card, or a catalog's speaker_id) whole speakers are held out,
+# about this share of the footage, so the base is selected on people it never trained on.
 BASE_HOLDOUT = 0.3
+VAL_SPEAKER_SHARE = 0.15
 # A quarter of every batch trains face swapping (the whole face masked, drawn from the reference):
 # the recipe that lets one model do lip sync and face swaps (DESIGN section 2).
 SWAP_SHARE = 0.25
@@ -113,6 +119,7 @@ class TrainingPlan:
     generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
         steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE))
     seed: int = 0
+    val_speaker_share: float = VAL_SPEAKER_SHARE  # footage share of whole speakers held out (0: the end of every clip)
 
     def with_budgets(self, syncformer_s: float | None, generator_s: float | None) -> "TrainingPlan":
         """Time budgets in seconds (None keeps the recipe's); 0 leaves that part as it is: no step
@@ -176,10 +183,29 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
             "log": {"syncformer": sync["log"], "generator": gen["log"]}}
 
 
+def hold_out_speakers(clips: list[PreparedClip], share: float, seed: int) -> list[str]:
+    """Mark whole speakers as validation, in a seeded order until they hold ``share`` of the frames
+    (at least one speaker, never all). Returns the held-out speakers, sorted."""
+    speakers = sorted({c.speaker for c in clips if c.speaker is not None})
+    if share <= 0 or len(speakers) < 2:
+        return []
+    frames = {s: sum(len(c.clip) for c in clips if c.speaker == s) for s in speakers}
+    total = sum(frames.values())
+    held, count = [], 0
+    for s in np.random.default_rng(seed).permutation(speakers).tolist():
+        if count >= share * total or len(held) == len(speakers) - 1:
+            break
+        held.append(s)
+        count += frames[s]
+    for c in clips:
+        c.held_out = c.speaker in held
+    return sorted(held)
+
+
 def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_dir: str | Path) -> tuple[ReSyncer, dict]:
     """Record the job's metrics in the model card and write the checkpoint."""
     summary["wall_s"] = time.monotonic() - start
-    summary["holdout"] = plan.generator.val_fraction
+    summary.setdefault("holdout", plan.generator.val_fraction)
     model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
     model.save(out_dir)
     return model, summary
@@ -188,11 +214,14 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
 def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: str | Path, features: AudioFeatures,
                cache: FeatureCache | None = None, plan: TrainingPlan | None = None,
                say: Callable[[str], None] = log.info, resume: ReSyncer | None = None,
-               fresh_syncformer: bool = False) -> tuple[ReSyncer, dict]:
+               fresh_syncformer: bool = False, speakers: list[str] | None = None) -> tuple[ReSyncer, dict]:
     """A base model pooled over many speakers' videos, saved to ``out_dir``. ``resume`` continues
     from a checkpoint's weights (and keeps its displacement normalisation); with ``fresh_syncformer``
     only its generator and discriminator are kept and the Style-SyncFormer starts afresh in the
-    plan's configuration (for when the SyncFormer's inputs or shape changed)."""
+    plan's configuration (for when the SyncFormer's inputs or shape changed). ``speakers`` (one per
+    video) lets validation hold out whole speakers (``plan.val_speaker_share`` of the footage)."""
+    if speakers is not None and len(speakers) != len(uris):
+        raise ValueError(f"{len(speakers)} speaker labels for {len(uris)} videos")
     plan = plan or TrainingPlan()
     start = time.monotonic()
     card = ModelCard(kind="base", audio_features=features.name, training_data=list(uris),
@@ -208,11 +237,26 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         model.train()
     else:
         model = ReSyncer.new(plan.config, card)
-    clips = [prepare_clip(storage, settings, u, model.size, features, cache,
-                          audio_offsets=model.config.syncformer.audio_offsets) for u in uris]
-    say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s")
+    clips = []
+    for k, u in enumerate(uris):
+        try:
+            clip = prepare_clip(storage, settings, u, model.size, features, cache,
+                                audio_offsets=model.config.syncformer.audio_offsets)
+        except ResyncError as e:  # one unusable video does not stop a base: it is left out, and said so
+            say(f"left out {u}: {e} [{e.error_class}]")
+            continue
+        clip.speaker = speakers[k] if speakers is not None else None
+        clips.append(clip)
+        say(f"prepared {k + 1}/{len(uris)}: {Path(u).name} ({len(clip.clip)} usable frames)")
+    if not clips:
+        raise ValueError("none of the videos could be prepared for training")
+    held = hold_out_speakers(clips, plan.val_speaker_share, plan.seed)
+    say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s; validation: "
+        + (f"{len(held)} held-out speakers ({', '.join(held)})" if held else f"the last {plan.generator.val_fraction:.0%} of every clip"))
     summary = fit(model, clips, plan, set_normalization=resume is None or fresh_syncformer, say=say,
                   perceptual=perceptual_loss(settings))
+    if held:
+        summary["holdout"] = {"speakers": held, "clips": [Path(c.uri).name for c in clips if c.held_out]}
     return _save(model, summary, plan, start, out_dir)
 
 
@@ -254,8 +298,7 @@ def model_card(model: ReSyncer, summary: dict, command: str, has_discriminator: 
 
 ## Data
 
-Self-reconstruction on these clips (the last {model_holdout(summary)} of every clip held out for early stopping
-and model selection; never trained on):
+Self-reconstruction on these clips ({model_holdout(summary)}):
 
 {data}
 
@@ -289,8 +332,13 @@ def _swap_row(g: dict, size: int) -> str:
 
 
 def model_holdout(summary: dict) -> str:
-    return f"{summary.get('holdout', BASE_HOLDOUT):.0%}"
+    """What was held out for early stopping and model selection, in words."""
+    held = summary.get("holdout", BASE_HOLDOUT)
+    if isinstance(held, dict):
+        return (f"validation, early stopping and model selection on the held-out speakers {', '.join(held['speakers'])}: "
+                f"their clips {', '.join(held['clips'])} were never trained on")
+    return f"the last {held:.0%} of every clip held out for early stopping and model selection; never trained on"
 
 
 __all__ = ["model_card", "PreparedClip", "TrainingPlan", "prepare_clip", "sequences", "generator_data", "fit", "train_base",
-           "finetune_speaker", "finetune_plan", "track_for"]
+           "finetune_speaker", "finetune_plan", "track_for", "hold_out_speakers"]

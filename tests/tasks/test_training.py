@@ -177,3 +177,58 @@ def test_a_model_gets_the_whisper_depth_it_was_trained_on(clip):
     other = ReSyncer.new("cpu", ModelCard(audio_features=features.name.replace("whisper-enc-", "whisper-enc-0")))
     with pytest.raises(Exception, match="trained on audio features"):
         model_store.features_for(settings, other)
+
+
+def test_validation_holds_out_whole_speakers():
+    """A base is selected on people it never trained on: whole speakers (every clip of each) are held
+    out, about the asked share of the frames, never all of them, the same for the same seed."""
+    from tasks.train import PreparedClip, hold_out_speakers
+
+    def clips():
+        return [PreparedClip(f"{s}-{k}.mp4", np.zeros(n), np.zeros((n, 1)), n, speaker=s)
+                for s, k, n in [("A", 0, 100), ("A", 1, 100), ("B", 0, 100), ("C", 0, 300), ("D", 0, 400)]]
+
+    a, b = clips(), clips()
+    held = hold_out_speakers(a, 0.2, seed=3)
+    assert held == hold_out_speakers(b, 0.2, seed=3) and 1 <= len(held) < 4
+    for c in a:
+        assert c.held_out == (c.speaker in held)
+    assert sum(len(c.clip) for c in a if c.held_out) >= 0.2 * 1000
+    assert hold_out_speakers(clips(), 0.99, seed=0) != ["A", "B", "C", "D"]   # someone is left to train on
+    assert hold_out_speakers(clips(), 0.0, seed=0) == []
+
+
+def test_generator_and_syncformer_validate_on_the_held_out_speakers(clip):
+    """With held-out speakers, the loops' validation is exactly their frames (no time cut), and a
+    held-out frame's reference comes from its own clip, as at inference."""
+    from models.train_generator import references, split as gen_split
+    from models.train_syncformer import split as sync_split
+
+    *_, c = clip
+    other = type(c)(c.uri + "#copy", c.clip, c.audio, c.n_frames, speaker="B", held_out=True)
+    c2 = type(c)(c.uri, c.clip, c.audio, c.n_frames, speaker="A")
+    data = generator_data([c2, other])
+    train_idx, val_idx = gen_split(data, 0.3)
+    assert set(data.clip[val_idx].tolist()) == {1} and set(data.clip[train_idx].tolist()) == {0}
+    refs = references(data, val_idx[:20], torch.Generator().manual_seed(0), val_idx)
+    assert (data.clip[refs] == 1).all()
+    train, val = sync_split(sequences([c2, other]), 0.3)
+    assert sum(len(s.audio) for s in train) == sum(len(s.audio) for s in val) == len(c.clip)
+
+
+def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media_env, tmp_path):
+    settings, storage, features, uri, _ = clip
+    _, _, data, _ = media_env
+    uris = [uri, str(data / "videos" / "speaker_glasses_5s.mp4")]
+    plan = TrainingPlan(syncformer=SyncFormerTraining(steps=2, eval_every=1),
+                        generator=GeneratorTraining(steps=1, batch=2, eval_every=1, max_eval_frames=8),
+                        val_speaker_share=0.3)
+    model, summary = train_base(storage, settings, uris, tmp_path / "base", features, plan=plan,
+                                speakers=["map", "glasses"])
+    assert len(summary["holdout"]["speakers"]) == 1
+    from tasks.train import model_card
+
+    card = model_card(model, summary, "test")
+    assert "held-out speakers" in card and summary["holdout"]["clips"][0] in card
+    with pytest.raises(ValueError, match="speaker labels"):
+        train_base(storage, settings, uris, tmp_path / "x", features, plan=plan, speakers=["map"])
