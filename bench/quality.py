@@ -1,36 +1,38 @@
-"""Quality benchmark (DESIGN section 6): fit on the first 70% of each clip, dub the last 30% with
-its own audio, and score against the ground truth, next to baselines computed in the same run.
+"""Quality benchmark on unseen speakers (DESIGN section 6): the base never trained on, or was
+selected on, the nine people of ../shared/data/videos; each clip's first 70% is the *fit* part and
+its last 30% the *eval* part, dubbed with its own audio so that the real frames are ground truth.
 
     make bench-quality                                  # every clip in ../shared/data/videos
-    python -m bench.quality --clips speaker_map_5s.mp4 --sync-seconds 20 --gen-seconds 60
+    python -m bench.quality --clips speaker_map_5s.mp4 --sections quality
 
-Per clip: a speaker model is fine-tuned from the base model on the *fit* frames within a fixed CPU
-budget; then every *eval* frame is redrawn and composited into the frame by each method:
+Both parts are cut into videos of their own (``tasks.segment``) and go through the code a user runs:
+``resync dub``'s ``tasks.lipsync.dub`` for every method and ``resync model finetune``'s
+``tasks.train.finetune_speaker`` for the personalized row. The style reference and the reference
+crop come from the fit part only. Methods, all composited like a dub (detail transfer included):
 
-- ``resyncer``: Style-SyncFormer displacements from the clip's own audio -> rewired generator;
-- ``oracle_mesh``: the generator driven by the tracked (ground-truth) mesh: the renderer's ceiling;
-- ``static``: the reference crop's mouth pasted on every frame (no motion);
-- ``retrieval``: the fit frame whose tracked lips are nearest to the predicted lips, pasted.
+- ``zero_shot``: the base;
+- ``personalized``: the base fine-tuned on the fit part, default recipe and budget (``--sync-seconds``,
+  ``--gen-seconds``);
+- ``oracle_mesh``: the base driven by the eval part's tracked motion: the renderer's ceiling;
+- ``retrieval``: per frame, the tracked motion of the fit frame whose lips are nearest to the
+  zero-shot prediction;
+- ``static``: the speaker's average face (no motion) on every frame.
 
-Metrics on the eval frames, in the 256-px aligned crop of output and ground truth: LMD (mouth
-landmark distance after re-tracking both, pixels), lower-face PSNR and SSIM, mouth-opening
-correlation with the ground truth (re-tracked), audio-visual offset (frames) and confidence
-(mouth opening vs speech envelope), identity distance (dlib descriptor, lower = same person), mouth
-sharpness (variance of the Laplacian in the box around the lips, output over ground truth, median).
-Every method is composited like a dub (detail transfer included, ``tasks/detail.py``); the
-``resyncer_no_detail`` row is the audio-driven output without it.
+Metrics on the eval frames, output and ground truth both re-tracked in the 256-px aligned crop:
+mouth-opening correlation and amplitude ratio (std of the output's opening over the real one's),
+LMD (lip landmark distance, px), lower-face PSNR and SSIM, mouth interior on frames whose real mouth
+is open (brightness, contrast and sharpness inside the real inner-lip contour, output over real:
+``tasks.mouth_quality``), mouth sharpness (Laplacian variance around the lips, output over real),
+identity distance (dlib descriptor), AV offset/confidence against the speech envelope.
 
-A leave-one-speaker-out table follows: the Style-SyncFormer trained on every clip but one, its
-mouth-opening correlation on the one left out, next to ridge regression on the same Whisper features
-(the frame at each video frame's time; the SyncFormer reads a window around it).
-Then one row per other mode with the base model: video-driven (speaker_map_5s driven by
-speaker_glasses_5s: correlation of the re-tracked output's mouth opening with the driver's and with
-the original's) and style transfer (one audio spoken in a lively and a calm speaker's style: ratio
-of predicted mouth-opening amplitudes next to the ratio of the sources' own) and face swapping
-(speaker_map_5s shown with speaker_glasses_5s's identity: mean dlib distance of the output to each
-person, the share of frames nearer the reference, and the head-pose error against the source).
+Cross-language: the start of every clip dubbed zero-shot with two foreign tracks (``audio/``) and
+re-tracked: the mouth's mean opening in the pauses over the speaker's own closed mouth, and its
+motion in the pauses over its motion in speech.
 
-    python -m bench.quality --sections modes      # only the modes rows (about a minute)
+Speaker-disjoint cross-validation (``loso``): the Style-SyncFormer trained on the speakers of four
+of five folds over train/ and videos/, scored on the fifth (style code from the first half of each
+held-out clip, scored on the second half), next to ridge regression on the same Whisper frame.
+Then one row per other mode with the base model (``modes``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ from rich.console import Console
 from rich.table import Table
 from skimage.metrics import structural_similarity
 
+from catalogs.listing import labelled_videos
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.renderer import mouth_mask
@@ -59,17 +62,21 @@ from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
-from tasks.detail import composite_redrawn, detail_factor
-from tasks.qa import OutputObserver, av_offset, corr, laplacian_sharpness
-from tasks.lipsync import (_to_tensor, crop_vertices, planned_meshes, redraw, reference_frame, reference_window,
-                           renderable)
-from tasks.train import MOUTH, PreparedClip, TrainingPlan, finetune_plan, fit, prepare_clip, sequences, track_for
+from tasks.lipsync import (DubInputs, crop_vertices, dub, fit_audio_length, planned_meshes, predict_displacements,
+                           reference_frame, reference_window, renderable, video_duration)
+from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silence
+from tasks.qa import OutputObserver, av_offset, corr, laplacian_sharpness, speech_frames
+from tasks.segment import cut_segment
+from tasks.train import MOUTH, PreparedClip, finetune_plan, finetune_speaker, prepare_clip, sequences, track_for
 from tasks.training_data import crop_matrices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRAIN_LISTING = Path(__file__).resolve().parents[1] / "catalogs" / "listings" / "base_train.csv"
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("resyncer", "resyncer_no_detail", "oracle_mesh", "retrieval", "static")
-console = Console(width=180)
+METHODS = ("zero_shot", "personalized", "oracle_mesh", "retrieval", "static")
+FOREIGN = ("french1.wav", "german1.wav", "italian1.wav", "japan1.wav", "korean2.wav", "spanish3.wav", "french2.wav",
+           "german2.wav", "japan2.wav")
+console = Console(width=200)
 
 
 @dataclass
@@ -78,6 +85,11 @@ class Scores:
     psnr: float
     ssim: float
     opening_corr: float
+    amplitude: float
+    interior_brightness: float
+    interior_contrast: float
+    interior_sharpness: float
+    open_frames: float
     av_offset: float
     av_conf: float
     identity: float
@@ -98,11 +110,13 @@ def retrack(crops: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def split(c: PreparedClip, fit_fraction: float) -> tuple[PreparedClip, np.ndarray]:
-    """The fit part as a prepared clip, and the eval frame indices (into the video)."""
-    fit_mask = c.clip.frames < int(round(c.n_frames * fit_fraction))
-    sub = PreparedClip(c.uri, c.clip.subset(fit_mask), c.audio[fit_mask], c.n_frames)
-    return sub, c.clip.frames[~fit_mask]
+def aligned_crops(storage: Storage, uri: str, mats: np.ndarray, frames: np.ndarray, size: int) -> list[np.ndarray]:
+    """The aligned crops (``mats``, one per frame of the video) of the given frames of ``uri``."""
+    wanted, out = set(int(i) for i in frames), []
+    with VideoSource(storage, uri) as video:
+        for chunk in video.chunks(32, start=int(frames.min()), stop=int(frames.max()) + 1):
+            out.extend(warp_crop(f, mats[i], size) for f, i in zip(chunk.frames, chunk.indices) if int(i) in wanted)
+    return out
 
 
 def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndarray, gt_marks: np.ndarray,
@@ -121,96 +135,125 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
             ids.append(identity.distance(identity.descriptor(o, box), identity.descriptor(t, box)))
             mouth = OutputObserver.mouth_box(gm[:, :2])
             sharp.append(laplacian_sharpness(o[mouth]) / max(laplacian_sharpness(t[mouth]), 1e-6))
-    opening = mouth_opening(marks)
+    opening, real = mouth_opening(marks), mouth_opening(gt_marks)
     off, conf = av_offset(np.nan_to_num(opening, nan=np.nanmean(opening)), env, max_lag=5)
-    return Scores(float(lmd), float(np.mean(psnrs)), float(np.mean(ssims)), corr(opening, mouth_opening(gt_marks)),
-                  off, conf, float(np.mean(ids)) if ids else float("nan"),
-                  float(np.median(sharp)) if sharp else float("nan"))
+    inside = interior_ratios(outputs, truths, gt_marks)
+    return Scores(float(lmd), float(np.mean(psnrs)), float(np.mean(ssims)), corr(opening, real),
+                  amplitude_ratio(opening, real), inside["interior_brightness"], inside["interior_contrast"],
+                  inside["interior_sharpness"], inside["open_frames"], off, conf,
+                  float(np.mean(ids)) if ids else float("nan"), float(np.median(sharp)) if sharp else float("nan"))
 
 
-def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, plan: TrainingPlan,
-               fit_fraction: float, identity: FaceIdentity) -> tuple[dict[str, Scores], dict]:
-    track = track_for(storage, settings, uri)
-    size = base.size
-    prepared = prepare_clip(storage, settings, uri, size, features, cache, track, base.config.syncformer.audio_offsets)
-    fit_clip, eval_idx = split(prepared, fit_fraction)
-    usable = renderable(track)
-    eval_idx = eval_idx[usable[eval_idx]]
+@dataclass
+class ClipParts:
+    """A clip cut into its fit and eval videos, each tracked, and what the fit part lends the dubs."""
+    name: str
+    fit_uri: str
+    eval_uri: str
+    fit: object                 # TrackResult of the fit part
+    eval: object                # TrackResult of the eval part
+    style: np.ndarray           # reference motion from the fit part
+    reference: np.ndarray       # reference crop (model size) from the fit part
 
-    # 1. The speaker model: the base fine-tuned on the fit frames only.
-    model = ReSyncer(base.config, base.card)
-    model.load_state_dict(base.state_dict())
-    model.train()
+
+def cut_clip(storage: Storage, settings: Settings, uri: str, fit_fraction: float, size: int, window: int,
+             scratch: Path) -> ClipParts:
+    whole = track_for(storage, settings, uri)
+    cut = int(round(whole.n_frames * fit_fraction))
+    stem = Path(uri).stem
+    fit_uri = cut_segment(storage, uri, 0, cut, str(scratch / f"{stem}-fit.mp4"))
+    eval_uri = cut_segment(storage, uri, cut, whole.n_frames, str(scratch / f"{stem}-eval.mp4"))
+    fit, ev = track_for(storage, settings, fit_uri), track_for(storage, settings, eval_uri)
+    usable = renderable(fit)
+    style = reference_window(fit.displacements, usable, window)
+    r = reference_frame(fit, usable)
+    with VideoSource(storage, fit_uri) as video:
+        reference = warp_crop(video.frame(r), crop_matrices(fit, size, settings.crop_size)[r], size)
+    return ClipParts(stem, fit_uri, eval_uri, fit, ev, style, reference)
+
+
+def retrieval_motion(parts: ClipParts, predicted: np.ndarray) -> np.ndarray:
+    """Per eval frame, the tracked motion of the fit frame whose lips are nearest to ``predicted``."""
+    fit_frames = np.flatnonzero(renderable(parts.fit))
+    fit_lips = np.nan_to_num(parts.fit.displacements[fit_frames][:, LIPS].reshape(len(fit_frames), -1))
+    pred_lips = np.nan_to_num(predicted[:, LIPS].reshape(len(predicted), -1))
+    nearest = np.empty(len(predicted), np.int64)
+    for lo in range(0, len(predicted), 256):   # bounded: (256 x fit frames) distances at a time
+        d = ((pred_lips[lo:lo + 256, None] - fit_lips[None]) ** 2).sum(-1)
+        nearest[lo:lo + 256] = fit_frames[np.argmin(d, axis=1)]
+    return np.nan_to_num(parts.fit.displacements[nearest]).astype(np.float32)
+
+
+def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, budgets: tuple[float, float],
+               fit_fraction: float, identity: FaceIdentity, scratch: Path) -> tuple[dict[str, Scores], dict]:
+    size, window = base.size, base.config.syncformer.style_window
+    parts = cut_clip(storage, settings, uri, fit_fraction, size, window, scratch)
+    ev = parts.eval
+
+    # 1. The speaker model: `resync model finetune` on the fit part, the default recipe within the budget.
     t0 = time.perf_counter()
-    summary = fit(model, [fit_clip], plan, set_normalization=False, say=lambda s: None)
-    model.eval()
+    plan = finetune_plan(base.config.name).with_budgets(*budgets)
+    speaker, summary = finetune_speaker(storage, settings, base, [parts.fit_uri], scratch / f"{parts.name}-speaker",
+                                        features, parts.name, cache, plan, say=lambda s: None)
     train_s = time.perf_counter() - t0
 
-    # 2. Displacements for the whole clip from its own audio; style from the fit frames only.
-    fit_usable = usable & (np.arange(track.n_frames) < int(round(track.n_frames * fit_fraction)))
-    style = model.style_code(torch.from_numpy(np.nan_to_num(
-        reference_window(track.displacements, fit_usable, model.config.syncformer.style_window))))
-    tokens = np.zeros((track.n_frames, prepared.audio.shape[1]), np.float32)
-    tokens[prepared.clip.frames] = prepared.audio
-    predicted = model.displacements(torch.from_numpy(tokens), style).numpy()
-    mats = crop_matrices(track, size, settings.crop_size)
-    new_c, old_c = planned_meshes(track, predicted)
-    oracle_c = old_c
-    new_v, old_v = crop_vertices(track, new_c, usable, mats), crop_vertices(track, old_c, usable, mats)
-    oracle_v = crop_vertices(track, oracle_c, usable, mats)
-    pred_open, gt_open = mouth_opening(new_c[eval_idx]), mouth_opening(old_c[eval_idx])
+    # 2. Every method is a `resync dub` of the eval part (its own audio; style and reference from the fit part).
+    samples = fit_audio_length(load_audio(storage, parts.eval_uri).samples, video_duration(ev))
+    predicted = predict_displacements(base, features, cache, samples, ev, parts.style)
+    drives = {"zero_shot": (base, None), "personalized": (speaker, None), "oracle_mesh": (base, ev.displacements),
+              "retrieval": (base, retrieval_motion(parts, predicted)),
+              "static": (base, np.zeros_like(ev.displacements))}
+    outputs = {}
+    for name, (model, motion) in drives.items():
+        out = str(scratch / f"{parts.name}-{name}.mp4")
+        dub(storage, settings, parts.eval_uri, DubInputs(parts.eval_uri, displacements=motion,
+                                                         style_displacements=parts.style, reference_crop=parts.reference),
+            out, model, features, ev, cache)
+        outputs[name] = out
 
-    # 3. Reference crop (from the fit part) and the retrieval index.
-    ref_i = reference_frame(track, fit_usable)
-    fit_frames = fit_clip.clip.frames
-    fit_lips = np.nan_to_num(track.displacements[fit_frames][:, LIPS].reshape(len(fit_frames), -1))
-    pred_lips = predicted[eval_idx][:, LIPS].reshape(len(eval_idx), -1)
-    nearest = fit_frames[np.argmin(((pred_lips[:, None] - fit_lips[None]) ** 2).sum(-1), axis=1)]
-    fit_pos = {int(f): k for k, f in enumerate(fit_frames)}
-    eval_pos = {int(f): k for k, f in enumerate(eval_idx)}
-
-    outputs: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    truths: list[np.ndarray] = []
-    with VideoSource(storage, uri) as video:
-        codes = model.reference_codes(_to_tensor(warp_crop(video.frame(ref_i), mats[ref_i], size)[None])[0])
-        ref_crop = fit_clip.clip.crops[fit_pos[ref_i]] if ref_i in fit_pos else warp_crop(video.frame(ref_i), mats[ref_i], size)
-        ref_verts = fit_clip.clip.verts[fit_pos[ref_i]] if ref_i in fit_pos else old_v[ref_i]
-        factor = detail_factor(mats[usable], settings.detail_max_factor) if settings.detail_transfer else 0
-        wanted = set(int(i) for i in eval_idx)
-        for chunk in video.chunks(settings.decode_chunk, start=int(eval_idx.min()), stop=int(eval_idx.max()) + 1):
-            keep = [k for k, i in enumerate(chunk.indices) if int(i) in wanted]
-            if not keep:
-                continue
-            ii = chunk.indices[keep]
-            frames = chunk.frames[keep]
-            crops = np.stack([warp_crop(f, mats[i], size) for f, i in zip(frames, ii)])
-            gens = {"resyncer": redraw(model, crops, new_v[ii], old_v[ii], codes),
-                    "oracle_mesh": redraw(model, crops, oracle_v[ii], old_v[ii], codes)}
-            masks = mouth_mask(torch.from_numpy(old_v[ii]), size)[:, 0].numpy()
-            near = [fit_pos[int(nearest[eval_pos[int(i)]])] for i in ii]
-            pasted = {"retrieval": (fit_clip.clip.crops[near], fit_clip.clip.verts[near]),
-                      "static": (np.repeat(ref_crop[None], len(ii), 0), np.repeat(ref_verts[None], len(ii), 0))}
-            drawn = {"resyncer": (*gens["resyncer"], new_v[ii]), "oracle_mesh": (*gens["oracle_mesh"], oracle_v[ii]),
-                     **{k: (c, masks, v) for k, (c, v) in pasted.items()}}
-            # every method goes through the production compositor, detail transfer included
-            for name, (gen, mask, verts) in drawn.items():
-                outputs[name].extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(
-                    composite_redrawn(frames, gen, mats[ii], old_v[ii], verts, mask, factor, settings.detail_from), ii))
-            gen, mask = gens["resyncer"]
-            outputs["resyncer_no_detail"].extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(
-                composite_redrawn(frames, gen, mats[ii], old_v[ii], new_v[ii], mask, 0, 1.0), ii))
-            truths.extend(warp_crop(f, track.crop[i], settings.crop_size) for f, i in zip(frames, ii))
-
+    # 3. Score the re-tracked outputs against the eval part's real frames.
+    usable = renderable(ev)
+    frames = np.flatnonzero(usable)
+    truths = aligned_crops(storage, parts.eval_uri, ev.crop, frames, settings.crop_size)
     gt_marks = retrack(truths)
-    masks256 = mouth_mask(torch.from_numpy(crop_vertices(track, old_c, usable, track.crop)[eval_idx]),
+    old_c = planned_meshes(ev, np.zeros_like(ev.displacements))[1]
+    masks256 = mouth_mask(torch.from_numpy(crop_vertices(ev, old_c, usable, ev.crop)[frames]),
                           settings.crop_size)[:, 0].numpy()
-    audio = load_audio(storage, uri, required=False)
-    env = speech_envelope(audio, track.timestamps[eval_idx]) if audio is not None else np.zeros(len(eval_idx))
-    scores = {m: score(outputs[m], truths, masks256, gt_marks, env, identity) for m in METHODS}
-    info = {"fit_frames": int(len(fit_frames)), "eval_frames": int(len(eval_idx)), "train_s": round(train_s, 1),
+    env = speech_envelope(load_audio(storage, parts.eval_uri), ev.timestamps[frames])
+    scores = {m: score(aligned_crops(storage, outputs[m], ev.crop, frames, settings.crop_size), truths, masks256,
+                       gt_marks, env, identity) for m in METHODS}
+    pred_open = mouth_opening(planned_meshes(ev, predicted)[0][frames])
+    info = {"fit_frames": int(parts.fit.n_frames), "eval_frames": int(len(frames)), "train_s": round(train_s, 1),
             "sync_steps": summary["syncformer"]["steps"], "gen_steps": summary["generator"]["steps"],
-            "mesh_opening_corr": corr(pred_open, gt_open)}
+            "mesh_opening_corr": corr(pred_open, mouth_opening(old_c[frames])),
+            "mesh_amplitude": amplitude_ratio(pred_open, mouth_opening(old_c[frames]))}
     return scores, info
+
+
+def foreign_rows(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, tracks: tuple[str, str],
+                 fit_fraction: float, scratch: Path, tail_s: float = 4.0) -> list[dict]:
+    """The start of the clip (the foreign track's length plus ``tail_s`` of silence) dubbed zero-shot
+    with each foreign track; the mouth at rest in the pauses, from the re-tracked output."""
+    size, window = base.size, base.config.syncformer.style_window
+    parts = cut_clip(storage, settings, uri, fit_fraction, size, window, scratch)
+    whole = track_for(storage, settings, uri)
+    closed = float(np.nanpercentile(mouth_opening(whole.smoothed[renderable(whole)]), 10))
+    rows = []
+    for wav in tracks:
+        audio_uri = str(SHARED / "audio" / wav)
+        audio = load_audio(storage, audio_uri)
+        stop = int(np.searchsorted(whole.timestamps, audio.duration_s + tail_s))
+        start_uri = cut_segment(storage, uri, 0, max(stop, 2), str(scratch / f"{parts.name}-start-{Path(wav).stem}.mp4"))
+        start = track_for(storage, settings, start_uri)
+        out = str(scratch / f"{parts.name}-{Path(wav).stem}.mp4")
+        dub(storage, settings, start_uri, DubInputs(audio_uri, style_displacements=parts.style,
+                                                    reference_crop=parts.reference), out, base, features, start, cache)
+        frames = np.flatnonzero(renderable(start))
+        opening = np.full(start.n_frames, np.nan)
+        opening[frames] = mouth_opening(retrack(aligned_crops(storage, out, start.crop, frames, settings.crop_size)))
+        speech = speech_frames(audio, start.timestamps)
+        rows.append({"clip": parts.name, "track": wav, **rest_in_silence(opening, speech, closed)})
+    return rows
 
 
 def ridge(x: np.ndarray, y: np.ndarray, lam: float = 10.0) -> np.ndarray:
@@ -225,63 +268,91 @@ def _frame_at_t(model: ReSyncer):
     return lambda tokens: tokens[:, k * cfg.audio_dim:(k + 1) * cfg.audio_dim]
 
 
-def leave_one_speaker_out(clips: list[PreparedClip], tracks: list, base: ReSyncer, seconds: float) -> list[dict]:
+def speaker_folds(speakers: list[str], k: int) -> list[set[str]]:
+    """``k`` disjoint sets of speakers, dealt in a fixed shuffled order (seed 0)."""
+    order = np.random.default_rng(0).permutation(sorted(set(speakers))).tolist()
+    return [set(order[i::k]) for i in range(k)]
+
+
+def cross_validate(clips: list[PreparedClip], speakers: list[str], tracks: list, base: ReSyncer, seconds: float,
+                   folds: int = 5) -> list[dict]:
+    """Speaker-disjoint cross-validation of the Style-SyncFormer against ridge: per fold, train on the
+    other folds' speakers; each held-out clip's style code from its first half, scored on its second."""
     rows = []
-    # ridge reads the Whisper frame at each video frame's time (the issue's 0.42 reference), the
-    # offset-0 block of the SyncFormer's tokens: on the whole window it overfits (7 x 384 inputs)
+    # ridge reads the Whisper frame at each video frame's time, the offset-0 block of the SyncFormer's
+    # tokens: on the whole window it overfits (7 x 384 inputs)
     at_t = _frame_at_t(base)
-    for k, held in enumerate(clips):
-        train = [c for j, c in enumerate(clips) if j != k]
+
+    def opening_of(j: int, c: PreparedClip, disp: np.ndarray) -> np.ndarray:
+        return mouth_opening(tracks[j].templates[tracks[j].shot_index][c.clip.frames] + disp)
+
+    for f, held in enumerate(speaker_folds(speakers, folds)):
+        train = [j for j, s in enumerate(speakers) if s not in held]
         model = ReSyncer(base.config, base.card).syncformer
-        seqs = sequences(train)
-        train_syncformer(model, seqs, torch.from_numpy(LIPS),
-                         SyncFormerTraining(steps=5000, time_budget_s=seconds, eval_every=50, patience=6), mouth=MOUTH)
-        track = tracks[k]
-        shot_t = track.templates[track.shot_index][held.clip.frames]
-        gt_open = mouth_opening(shot_t + held.clip.disp)
-        with torch.no_grad():
-            usable = np.ones(len(held.clip), bool)
-            style = model.style(torch.from_numpy(reference_window(held.clip.disp, usable, model.cfg.style_window))[None])
-            pred = model(torch.from_numpy(held.audio)[None], style)[0].numpy()
-        syn = corr(mouth_opening(shot_t + pred), gt_open)
-        x = np.concatenate([at_t(c.audio) for c in train])
-        y = np.concatenate([mouth_opening(tracks[j].templates[tracks[j].shot_index][c.clip.frames] + c.clip.disp)
-                            for j, c in enumerate(clips) if j != k])
+        # the training speakers' own clips pick the weights (time split): nothing scored selects them
+        train_syncformer(model, sequences([clips[j] for j in train]), torch.from_numpy(LIPS),
+                         SyncFormerTraining(steps=5000, time_budget_s=seconds, eval_every=50, patience=6,
+                                            val_fraction=0.15), mouth=MOUTH)
+        x = np.concatenate([at_t(clips[j].audio) for j in train])
+        y = np.concatenate([opening_of(j, clips[j], clips[j].clip.disp) for j in train])
         w = ridge(x, y)
-        r = corr(np.hstack([at_t(held.audio), np.ones((len(held.audio), 1))]) @ w, gt_open)
-        rows.append({"clip": Path(held.uri).name, "syncformer_corr": syn, "ridge_corr": r})
-        console.print(f"  LOSO {Path(held.uri).name}: syncformer {syn:.3f}, ridge {r:.3f}")
+        for j, s in enumerate(speakers):
+            c = clips[j]
+            if s not in held or len(c.clip) < 2 * 16:
+                continue
+            half = len(c.clip) // 2
+            gt = opening_of(j, c, c.clip.disp)[half:]
+            with torch.no_grad():
+                ref = reference_window(c.clip.disp[:half], np.ones(half, bool), model.cfg.style_window)
+                pred = model(torch.from_numpy(c.audio)[None], model.style(torch.from_numpy(ref)[None]))[0].numpy()
+            syn = opening_of(j, c, pred)[half:]
+            r = np.hstack([at_t(c.audio), np.ones((len(c.audio), 1))]) @ w
+            rows.append({"fold": f, "clip": Path(c.uri).name, "speaker": s, "frames": len(gt),
+                         "syncformer_corr": corr(syn, gt), "syncformer_amplitude": amplitude_ratio(syn, gt),
+                         "ridge_corr": corr(r[half:], gt)})
+        done = [r for r in rows if r["fold"] == f]
+        console.print(f"  fold {f + 1}/{folds} ({len(held)} speakers, {len(done)} clips): Style-SyncFormer "
+                      f"{np.nanmean([r['syncformer_corr'] for r in done]):.3f}, ridge {np.nanmean([r['ridge_corr'] for r in done]):.3f}")
     return rows
 
 
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.nanmean([r[key] for r in rows])) if rows else float("nan")
+
+
 def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, args: argparse.Namespace) -> None:
-    """The mean table over clips and the per-clip table."""
-    t = Table(title=f"quality on the last {1 - args.fit_fraction:.0%} of each clip (base {base.version}, per-speaker "
-                    f"budget {args.sync_seconds:.0f}+{args.gen_seconds:.0f} s CPU); mean over {len(names)} clips")
-    for col in ("method", "LMD px ↓", "lower PSNR ↑", "lower SSIM ↑", "opening corr ↑", "|AV offset| ↓", "AV conf ↑",
-                "identity dist ↓", "mouth sharpness ↑"):
-        t.add_column(col, justify="right")
+    """The mean table over clips and the per-clip tables."""
+    t = Table(title=f"unseen speakers: the last {1 - args.fit_fraction:.0%} of each clip dubbed with its own audio "
+                    f"(base {base.version}; personalized: finetune on the first {args.fit_fraction:.0%}, "
+                    f"{args.sync_seconds:.0f}+{args.gen_seconds:.0f} s CPU); mean over {len(names)} clips")
+    cols = [("LMD px ↓", "lmd", ".2f"), ("PSNR ↑", "psnr", ".2f"), ("SSIM ↑", "ssim", ".3f"),
+            ("opening corr ↑", "opening_corr", ".3f"), ("amplitude →1", "amplitude", ".3f"),
+            ("interior bright →1", "interior_brightness", ".3f"), ("interior contrast →1", "interior_contrast", ".3f"),
+            ("interior sharp →1", "interior_sharpness", ".3f"), ("sharpness →1", "sharpness", ".3f"),
+            ("identity ↓", "identity", ".3f"), ("|AV off| ↓", "av_offset", ".2f"), ("AV conf ↑", "av_conf", ".3f")]
+    t.add_column("method")
+    for head, _, _ in cols:
+        t.add_column(head, justify="right")
+    t.add_column("LMD / static", justify="right")
+    static_lmd = np.nanmean([per_clip[c]["static"]["lmd"] for c in names])
     for m in METHODS:
         vals = {k: np.nanmean([abs(per_clip[c][m][k]) if k == "av_offset" else per_clip[c][m][k] for c in names])
-                for k in Scores.__dataclass_fields__}
-        t.add_row(m, f"{vals['lmd']:.2f}", f"{vals['psnr']:.2f}", f"{vals['ssim']:.3f}", f"{vals['opening_corr']:.3f}",
-                  f"{vals['av_offset']:.2f}", f"{vals['av_conf']:.3f}", f"{vals['identity']:.3f}",
-                  f"{vals['sharpness']:.3f}")
+                for k in (f.name for f in fields(Scores))}
+        t.add_row(m, *[format(vals[k], fmt) for _, k, fmt in cols], f"{vals['lmd'] / static_lmd:.2f}")
     console.print(t)
-    per = Table(title="per clip: resyncer (oracle mesh) / static")
-    for col in ("clip", "fit/eval frames", "train s", "LMD", "PSNR", "SSIM", "opening corr", "mesh-opening corr",
-                "sharpness"):
-        per.add_column(col, justify="right")
-    for c in names:
-        r, o, s, i = per_clip[c]["resyncer"], per_clip[c]["oracle_mesh"], per_clip[c]["static"], per_clip[c]["info"]
-        per.add_row(c, f"{i['fit_frames']}/{i['eval_frames']}", f"{i['train_s']:.0f}",
-                    f"{r['lmd']:.2f} ({o['lmd']:.2f}) / {s['lmd']:.2f}", f"{r['psnr']:.2f} ({o['psnr']:.2f}) / {s['psnr']:.2f}",
-                    f"{r['ssim']:.3f} ({o['ssim']:.3f}) / {s['ssim']:.3f}",
-                    f"{r['opening_corr']:.3f} ({o['opening_corr']:.3f}) / {s['opening_corr']:.3f}",
-                    f"{i['mesh_opening_corr']:.3f}",
-                    f"{r['sharpness']:.3f} ({o['sharpness']:.3f}) / {s['sharpness']:.3f}")
-    console.print(per)
-
+    for m in ("zero_shot", "personalized"):
+        per = Table(title=f"per clip: {m} (static)")
+        for col in ("clip", "fit/eval frames", "open frames", "train s", "opening corr", "amplitude", "mesh corr/amp",
+                    "LMD", "interior bright", "sharpness", "identity"):
+            per.add_column(col, justify="right")
+        for c in names:
+            r, s, i = per_clip[c][m], per_clip[c]["static"], per_clip[c]["info"]
+            per.add_row(c, f"{i['fit_frames']}/{i['eval_frames']}", f"{r['open_frames']:.0f}", f"{i['train_s']:.0f}",
+                        f"{r['opening_corr']:.3f}", f"{r['amplitude']:.3f}",
+                        f"{i['mesh_opening_corr']:.3f}/{i['mesh_amplitude']:.3f}" if m == "zero_shot" else "",
+                        f"{r['lmd']:.2f} ({s['lmd']:.2f})", f"{r['interior_brightness']:.3f}", f"{r['sharpness']:.3f}",
+                        f"{r['identity']:.3f}")
+        console.print(per)
 
 
 def mode_rows(storage: Storage, settings: Settings, model: ReSyncer, features, cache, scratch: Path) -> list[dict]:
@@ -341,11 +412,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", nargs="*", default=None, help="clip names in ../shared/data/videos (default: all)")
     ap.add_argument("--model", default=None, help="base model folder (default: the bundled base)")
-    ap.add_argument("--sync-seconds", type=float, default=20.0, help="per-speaker Style-SyncFormer budget")
-    ap.add_argument("--gen-seconds", type=float, default=60.0, help="per-speaker generator budget")
-    ap.add_argument("--loso-seconds", type=float, default=40.0, help="Style-SyncFormer budget per left-out speaker (0: skip)")
+    defaults = finetune_plan()
+    ap.add_argument("--sync-seconds", type=float, default=defaults.syncformer.time_budget_s,
+                    help="per-speaker Style-SyncFormer budget (default: the finetune recipe's)")
+    ap.add_argument("--gen-seconds", type=float, default=defaults.generator.time_budget_s,
+                    help="per-speaker generator budget (default: the finetune recipe's)")
+    ap.add_argument("--cv-seconds", type=float, default=60.0, help="Style-SyncFormer budget per cross-validation fold")
+    ap.add_argument("--folds", type=int, default=5, help="speaker-disjoint folds over train/ and videos/")
     ap.add_argument("--fit-fraction", type=float, default=0.7)
-    ap.add_argument("--sections", default="quality,loso,modes", help="comma-separated tables to run: quality, loso, modes")
+    ap.add_argument("--sections", default="quality,foreign,cv,modes",
+                    help="comma-separated tables to run: quality, foreign, cv, modes")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".work" / "bench-root"),
                     help="storage root for cached tracks and features")
     args = ap.parse_args()
@@ -356,40 +432,58 @@ def main() -> None:
     features, cache = model_store.features_for(settings, base), model_store.feature_cache(settings)
     names = args.clips or sorted(p.name for p in (SHARED / "videos").glob("*.mp4"))
     sections = set(args.sections.split(","))
-    plan = finetune_plan(base.config.name)
-    plan.syncformer.time_budget_s, plan.generator.time_budget_s = args.sync_seconds, args.gen_seconds
+    scratch = Path(args.root) / "bench-quality"
+    scratch.mkdir(parents=True, exist_ok=True)
     identity = FaceIdentity()
     started = time.perf_counter()
     per_clip: dict[str, dict] = {}
     for name in names if "quality" in sections else []:
-        console.print(f"[bold]{name}[/bold]: fine-tune on the first {args.fit_fraction:.0%}, dub the rest ...")
-        scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache, plan,
-                                  args.fit_fraction, identity)
+        console.print(f"[bold]{name}[/bold]: finetune on the first {args.fit_fraction:.0%}, dub the rest ...")
+        scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache,
+                                  (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch)
         per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
+        console.print("  " + ", ".join(f"{m} corr {s.opening_corr:.2f} amp {s.amplitude:.2f} inside {s.interior_brightness:.2f}"
+                                       for m, s in scores.items()))
     if per_clip:
         report_quality(per_clip, names, base, args)
 
-    loso = []
-    if args.loso_seconds > 0 and "loso" in sections:
-        console.print("[bold]leave-one-speaker-out[/bold] (Style-SyncFormer vs ridge on the Whisper frame at t) ...")
-        uris = [str(SHARED / "videos" / n) for n in names]
+    foreign = []
+    if "foreign" in sections:
+        console.print("[bold]cross-language[/bold]: zero-shot dubs with foreign tracks, the mouth in the pauses ...")
+        for k, name in enumerate(names):
+            pair = (FOREIGN[k % len(FOREIGN)], FOREIGN[(k + 4) % len(FOREIGN)])
+            foreign += foreign_rows(storage, settings, base, str(SHARED / "videos" / name), features, cache, pair,
+                                    args.fit_fraction, scratch)
+        ft = Table(title="translated tracks, zero-shot: the mouth in the pauses (targets <= 1.2x closed; <= 0.3x motion)")
+        for col in ("clip", "track", "opening / own closed mouth", "motion / motion in speech"):
+            ft.add_column(col, justify="right")
+        for r in foreign:
+            ft.add_row(r["clip"], r["track"], f"{r['silence_opening_ratio']:.2f}", f"{r['silence_motion_ratio']:.2f}")
+        ft.add_row("mean", "", f"{_mean(foreign, 'silence_opening_ratio'):.2f}", f"{_mean(foreign, 'silence_motion_ratio'):.2f}")
+        console.print(ft)
+
+    cv = []
+    if args.cv_seconds > 0 and "cv" in sections:
+        console.print(f"[bold]speaker-disjoint cross-validation[/bold] ({args.folds} folds over train/ and videos/) ...")
+        uris, speakers = labelled_videos(storage, str(TRAIN_LISTING))
+        uris += [str(SHARED / "videos" / n) for n in names]
+        speakers += [f"videos/{n}" for n in names]
         tracks = [track_for(storage, settings, u) for u in uris]
         clips = [prepare_clip(storage, settings, u, base.size, features, cache, tr, base.config.syncformer.audio_offsets)
                  for u, tr in zip(uris, tracks)]
-        loso = leave_one_speaker_out(clips, tracks, base, args.loso_seconds)
-        lt = Table(title=f"leave-one-speaker-out mouth-opening correlation ({args.loso_seconds:.0f} s per fold)")
-        for col in ("held-out clip", "Style-SyncFormer", "ridge (Whisper frame at t)"):
+        cv = cross_validate(clips, speakers, tracks, base, args.cv_seconds, args.folds)
+        lt = Table(title=f"speaker-disjoint {args.folds}-fold cross-validation, mouth-opening correlation "
+                         f"({args.cv_seconds:.0f} s per fold; style from the first half of a clip, scored on the second)")
+        for col in ("clips", "Style-SyncFormer", "its amplitude", "ridge (Whisper frame at t)"):
             lt.add_column(col, justify="right")
-        for r in loso:
-            lt.add_row(r["clip"], f"{r['syncformer_corr']:.3f}", f"{r['ridge_corr']:.3f}")
-        lt.add_row("mean", f"{np.nanmean([r['syncformer_corr'] for r in loso]):.3f}",
-                   f"{np.nanmean([r['ridge_corr'] for r in loso]):.3f}")
+        unseen = [r for r in cv if r["speaker"].startswith("videos/")]
+        for label, rows in (("videos/ (unseen set)", unseen), ("all clips", cv)):
+            lt.add_row(f"{label}: {len(rows)}", f"{_mean(rows, 'syncformer_corr'):.3f}",
+                       f"{_mean(rows, 'syncformer_amplitude'):.3f}", f"{_mean(rows, 'ridge_corr'):.3f}")
         console.print(lt)
     mode_results = []
     if "modes" in sections:
         console.print("[bold]other modes[/bold] with the base model ...")
-        scratch = Path(args.root) / "bench-modes"
-        scratch.mkdir(parents=True, exist_ok=True)
         mode_results = mode_rows(storage, settings, base, features, cache, scratch)
         mt = Table(title="video-driven lip sync, style transfer and face swap (base model)")
         mt.add_column("mode")
@@ -399,8 +493,8 @@ def main() -> None:
         console.print(mt)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "loso": loso, "modes": mode_results,
-                               "wall_s": time.perf_counter() - started}, indent=2, default=float))
+    out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "foreign": foreign, "cv": cv,
+                               "modes": mode_results, "wall_s": time.perf_counter() - started}, indent=2, default=float))
     console.print(f"results: {out} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -133,10 +133,9 @@ class OutputObserver:
         self._tracker.close()
 
 
-def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> float:
-    """Mouth motion in pauses relative to motion in speech (mean |frame-to-frame change|). Only
-    pauses of at least ``min_pause`` frames count, without their first ``settle`` frames (the mouth
-    closing after the last word); a dub whose mouth keeps chewing through pauses scores near 1."""
+def pause_frames(speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> np.ndarray:
+    """(T,) bool: frames inside pauses of at least ``min_pause`` frames, without their first
+    ``settle`` frames (the mouth closing after the last word)."""
     quiet = np.zeros(len(speech), bool)
     start = None
     for i, s in enumerate(np.append(speech, True)):
@@ -146,6 +145,14 @@ def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10,
             if i - start >= min_pause:
                 quiet[start + settle:i] = True
             start = None
+    return quiet
+
+
+def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> float:
+    """Mouth motion in pauses relative to motion in speech (mean |frame-to-frame change|). Only
+    pauses of at least ``min_pause`` frames count, without their first ``settle`` frames (the mouth
+    closing after the last word); a dub whose mouth keeps chewing through pauses scores near 1."""
+    quiet = pause_frames(speech, min_pause, settle)
     v = np.abs(np.diff(opening))
     still, talk = v[quiet[1:] & quiet[:-1]], v[speech[1:] & speech[:-1]]
     still, talk = still[np.isfinite(still)], talk[np.isfinite(talk)]
