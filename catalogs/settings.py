@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     shard_retries: int = Field(2, ge=0, description="Prefect retries of a shard task that raised (e.g. the manifest commit failed).")
     shard_timeout_s: float = Field(6 * 3600.0, gt=0, description="Prefect timeout of one shard task, seconds.")
     shards_in_flight: int = Field(2, ge=1, description="Shard tasks running at once (they share the actor pools).")
+    personalize_min_footage_s: float = Field(0.0, ge=0, description="Nightly runs first fine-tune a speaker model for "
+                                             "every catalog speaker with at least this many seconds of footage and no model "
+                                             "from the current base (a Ray task, on a GPU when the cluster has one); 0: off.")
+    personalize_syncformer_s: float = Field(60.0, ge=0, description="Style-SyncFormer budget (s) of a nightly run's "
+                                            "automatic speaker model (the finetune recipe's default).")
+    personalize_generator_s: float = Field(240.0, ge=0, description="Generator budget (s) of a nightly run's automatic "
+                                           "speaker model (the finetune recipe's default).")
     max_attempts: int = Field(3, ge=1, description="Attempts at an input_key before nightly runs stop retrying its transient failures.")
     prefect_api_url: str | None = Field(None, description="Prefect API URL; None uses Prefect's ephemeral API.")
 

@@ -141,8 +141,8 @@ def _training_run(flow, as_json: bool, **params) -> None:
 @run_app.command("finetune")
 def finetune(
     speaker_id: str = typer.Option(..., "--speaker", help="Catalog speaker id whose videos are the training footage."),
-    syncformer_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 120; 0 leaves it as it is)."),
-    generator_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 600; 0 leaves it as it is)."),
+    syncformer_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 60; 0 leaves it as it is)."),
+    generator_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 240; 0 leaves it as it is)."),
     root: Optional[str] = RootOpt, allow_root: Optional[list[str]] = AllowOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     ray_address: Optional[str] = RayOpt, prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
 ) -> None:

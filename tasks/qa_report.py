@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -163,8 +164,19 @@ th{background:#f3f3f3}.cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1
 .item{border:1px solid #eee;padding:8px;margin:8px 0}.strip img{max-width:100%;display:block;margin:2px 0}"""
 
 
+def personalized_models(runs: list[dict]) -> pd.DataFrame:
+    """The speaker models nightly runs fine-tuned before dubbing, and their cost, from the runs' records."""
+    rows = []
+    for r in runs:
+        if r["kind"] == "nightly":
+            for entry in json.loads(r["parameters"] or "{}").get("personalized", []):
+                rows.append({"run_id": r["run_id"], "version": None, "error": None, **entry})
+    return pd.DataFrame(rows, columns=["run_id", "speaker_id", "videos", "footage_s", "version", "seconds", "error"])
+
+
 def render_html(settings: Settings, storage: Storage, table: pd.DataFrame, run: dict | None, comparison: pd.DataFrame | None,
-                compare_run: str | None, title: str) -> str:
+                compare_run: str | None, title: str, personalized: pd.DataFrame | None = None) -> str:
+    personalized = personalized if personalized is not None else personalized_models([])
     ok = table[table.status == "succeeded"]
     failed = table[table.status == "failed"]
     review = ok[ok.needs_review]
@@ -213,7 +225,14 @@ def render_html(settings: Settings, storage: Storage, table: pd.DataFrame, run: 
     secs, vsec = ok.seconds.sum(), ok.video_seconds.sum()
     parts.append('<section id="throughput"><h2>Throughput</h2>'
                  f"<p>{len(ok)} dubs, {vsec:.0f} s of video in {secs:.0f} s of worker time "
-                 f"({(vsec / secs if secs else 0):.2f} video seconds per worker second).</p></section>")
+                 f"({(vsec / secs if secs else 0):.2f} video seconds per worker second).</p>")
+    if len(personalized):
+        parts.append(f"<p>Speaker models fine-tuned by nightly runs before dubbing (setting "
+                     f"<code>personalize_min_footage_s</code>): {len(personalized)}, "
+                     f"{personalized.seconds.sum():.0f} s in all.</p>"
+                     + _table(personalized, ["run_id", "speaker_id", "videos", "footage_s", "version", "seconds", "error"],
+                              {"seconds": "{:.0f}", "footage_s": "{:.1f}"}))
+    parts.append("</section>")
 
     parts.append('<section id="comparison"><h2>Compared with an earlier run</h2>')
     if comparison is None:
@@ -253,7 +272,8 @@ def build_report(storage: Storage, settings: Settings, output_uri: str, run_id: 
         comparison = compare(table, then)
     run = RunLog(tables).get(run_id) if run_id else None
     title = f"resync QA: run {run_id}" if run_id else "resync QA: latest attempt of every item"
-    page = render_html(settings, storage, table, run, comparison, compare_run, title)
+    personalized = personalized_models([run] if run else RunLog(tables).all())
+    page = render_html(settings, storage, table, run, comparison, compare_run, title, personalized)
     table_uri = output_uri.rsplit(".", 1)[0] + ".parquet"
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)

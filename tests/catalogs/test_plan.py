@@ -82,3 +82,19 @@ def test_a_new_speaker_model_replans_that_speaker(catalog: DeltaTables):
     again = plan_items(catalog, "cpu")
     assert sorted({i.video_id for i in again}) == ["address", "map"]
     assert all(i.speaker_model_version == "v-man-1" for i in again)
+
+
+def test_speakers_due_a_model_of_their_own(catalog: DeltaTables):
+    """man has 15 s of footage (two videos), woman 5 s: with a 10-s minimum only man is due, until he
+    has a model from the current base; a new base makes him due again; 0 turns it off."""
+    from catalogs.personalization import speakers_due
+
+    due = speakers_due(catalog, "base-1", 10.0)
+    assert [(d.speaker_id, d.video_ids) for d in due] == [("man", ["address", "map"])]
+    assert due[0].footage_s == pytest.approx(15.0, abs=0.3) and len(due[0].uris) == 2
+    assert [d.speaker_id for d in speakers_due(catalog, "base-1", 4.0)] == ["man", "woman"]
+    assert speakers_due(catalog, "base-1", 0) == []
+    ModelRegistry(catalog).register(ModelRecord("spk-man", "bundle", "v-man-1", "/models/man", speaker_id="man",
+                                                parent="base-1"))
+    assert speakers_due(catalog, "base-1", 10.0) == []
+    assert [d.speaker_id for d in speakers_due(catalog, "base-2", 10.0)] == ["man"]

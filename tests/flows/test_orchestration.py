@@ -313,6 +313,30 @@ def test_finetune_registers_a_speaker_model_that_the_next_nightly_run_uses(world
     assert pd.isna(newest.loc[("glasses", "fr"), "speaker_model_version"])
 
 
+def test_a_nightly_run_gives_a_speaker_with_enough_footage_a_model_first(world: World):
+    """With personalize_min_footage_s set, the run fine-tunes (a Ray task) and registers a model for
+    woman2 (8 s of footage) before planning, and dubs her item with it; man already has a model
+    from this base and woman has too little footage. The cost is in the run's record."""
+    w = world
+    env = {**w.env, "RESYNC_PERSONALIZE_MIN_FOOTAGE_S": "7", "RESYNC_PERSONALIZE_SYNCFORMER_S": "2",
+           "RESYNC_PERSONALIZE_GENERATOR_S": "3"}
+    saved, w.env = w.env, env
+    try:
+        summary = w.cli("run", "nightly", "--language", "fr", "--json")
+    finally:
+        w.env = saved
+    registry = ModelRegistry(DeltaTables(w.storage))
+    made = registry.latest("woman2")
+    assert made is not None and made["parent"] == registry.latest(None)["version"]
+    assert registry.latest("woman") is None and len([m for m in registry.models() if m["speaker_id"] == "man"]) == 1
+    assert summary["planned"] == summary["succeeded"] == 1
+    newest = w.manifest.latest().set_index(["video_id", "language"])
+    assert newest.loc[("mpeg4", "fr"), "speaker_model_version"] == made["version"]
+    record = json.loads(RunLog(DeltaTables(w.storage)).get(summary["run_id"])["parameters"])
+    [entry] = record["personalized"]
+    assert entry["speaker_id"] == "woman2" and entry["version"] == made["version"] and entry["seconds"] > 0
+
+
 def test_qa_report_opens_in_a_headless_browser(world: World):
     """The report of the first run compared with today's manifest: self-contained, every section
     present, no console errors, and a screenshot that is not blank."""
@@ -327,6 +351,7 @@ def test_qa_report_opens_in_a_headless_browser(world: World):
     assert len(table) == 15 and {"needs_review", "review_reasons", "av_confidence"} <= set(table.columns)
     assert table[table.status == "succeeded"].av_confidence.notna().all()
     page = html_path.read_text()
+    assert "personalize_min_footage_s" in page and "woman2" in page     # the speaker model a night made, and its cost
     assert "http://" not in page and "https://" not in page          # opens with no network
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
