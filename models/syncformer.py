@@ -180,4 +180,20 @@ def velocity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor |
     return err.mean()
 
 
-__all__ = ["StyleSyncFormer", "vertex_loss", "velocity_loss"]
+def opening_loss(pred: torch.Tensor, target: torch.Tensor, mouth: tuple[int, int],
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - concordance correlation of the inner-lip gap's vertical motion, per window: an L2 loss
+    alone lets the predicted mouth regress to the mean (it follows the speech at a fraction of the
+    real amplitude); concordance asks for the timing and the amplitude. (B, T, V, 3) inputs."""
+    gp = pred[..., mouth[0], 1] - pred[..., mouth[1], 1]   # (B, T) in the canonical frame, y down the face
+    gt = target[..., mouth[0], 1] - target[..., mouth[1], 1]
+    m = torch.ones_like(gp) if mask is None else mask
+    n = m.sum(1).clamp_min(1)
+    mp, mt = (gp * m).sum(1) / n, (gt * m).sum(1) / n
+    vp, vt = (((gp - mp[:, None]) ** 2) * m).sum(1) / n, (((gt - mt[:, None]) ** 2) * m).sum(1) / n
+    cov = ((gp - mp[:, None]) * (gt - mt[:, None]) * m).sum(1) / n
+    ccc = 2 * cov / (vp + vt + (mp - mt) ** 2).clamp_min(1e-8)
+    return (1 - ccc).mean()
+
+
+__all__ = ["StyleSyncFormer", "vertex_loss", "velocity_loss", "opening_loss"]

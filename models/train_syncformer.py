@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models.early_stopping import EarlyStopping
-from models.syncformer import StyleSyncFormer, velocity_loss, vertex_loss
+from models.syncformer import StyleSyncFormer, opening_loss, velocity_loss, vertex_loss
 
 
 @dataclass
@@ -56,6 +56,9 @@ class SyncFormerTraining:
     # mouth-opening amplitudes 1.03x apart, for speakers whose own differ 1.66x; with it 1.64-1.76x
     # over two seeds). None: no scaling.
     style_scale: tuple[float, float] | None = (0.5, 2.0)
+    # Weight of the mouth-opening concordance loss (``opening_loss``; needs ``mouth``), against the
+    # L2 losses' regression to the mean. 0: L2 losses only.
+    opening_weight: float = 0.0
     log: list[dict] = field(default_factory=list)
 
 
@@ -186,6 +189,8 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         audio, disp, mask, refs = audio.to(dev), disp.to(dev), mask.to(dev), refs.to(dev)
         pred = model(audio, model.style(refs), mask == 0)
         loss = vertex_loss(pred, disp, lips, model.cfg.lip_weight, mask) + model.cfg.velocity_weight * velocity_loss(pred, disp, mask)
+        if cfg.opening_weight > 0 and mouth is not None:
+            loss = loss + cfg.opening_weight * opening_loss(pred, disp, mouth, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -136,3 +136,24 @@ def test_whisper_encoder_shapes_and_depth():
         full, one, two = enc(mel), enc(mel, 1), enc(mel, 2)
     assert full.shape == one.shape == (2, 1500, 64) and full.dtype == torch.float32
     assert torch.allclose(full, enc.norm(two)) and not torch.allclose(one, two)
+
+
+def test_opening_loss_asks_for_the_timing_and_the_amplitude():
+    """1 - concordance of the inner-lip gap: zero for the real motion, high for a damped copy and for a
+    mouth that moves at the wrong time, and it has a gradient towards the right amplitude."""
+    import torch
+
+    from models.syncformer import opening_loss
+
+    t = torch.linspace(0, 12.0, 64)
+    target = torch.zeros(1, 64, 20, 3)
+    target[0, :, 13, 1] = 0.05 * torch.sin(t)
+    target[0, :, 14, 1] = -0.05 * torch.sin(t)
+    assert float(opening_loss(target, target, (13, 14))) < 1e-6
+    damped = (0.5 * target).requires_grad_(True)
+    loss = opening_loss(damped, target, (13, 14))
+    assert 0.15 < float(loss) < 0.5
+    loss.backward()
+    assert float(damped.grad[0, :, 13, 1] @ torch.sin(t)) < 0          # descending opens the mouth further
+    late = torch.roll(target, 8, dims=1)
+    assert float(opening_loss(late, target, (13, 14))) > 0.5
