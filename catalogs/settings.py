@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     compile_generator: bool = Field(True, description="Run the generator compiled ahead of time (AOTInductor): 1.9x on this "
                                     "CPU. A machine's first use compiles for about 45 s; later processes load the package in "
                                     "milliseconds (every model of one configuration shares it). Turn off for one-off short dubs.")
+    rest_min_pause_s: float = Field(0.4, ge=0, description="Pauses of the new speech at least this long (seconds) "
+                                    "ease the predicted mouth to the speaker's own mouth at rest; 0: off.")
     detail_transfer: bool = Field(True, description="Carry the frame's own skin and lip texture over onto the redrawn "
                                   "lower face, moved with the mesh (tasks/detail.py): the generator draws shape, shading "
                                   "and teeth, the texture stays the person's. Never used by face swapping.")

@@ -116,3 +116,24 @@ def speech_envelope(audio: Audio, timestamps: np.ndarray) -> np.ndarray:
     sos = butter(4, [300, 3000], btype="band", fs=audio.sample_rate, output="sos")
     band = Audio(sosfiltfilt(sos, audio.samples.astype(np.float64)).astype(np.float32), audio.sample_rate)
     return np.log(envelope(band, timestamps) + 1e-4)
+
+
+def speech_frames(audio: Audio, timestamps: np.ndarray, floor_db: float = 30.0) -> np.ndarray:
+    """Frames with speech by the speech-band energy: within ``floor_db`` (amplitude) of the loud frames."""
+    env = speech_envelope(audio, timestamps)          # natural log of the band's RMS
+    return env > np.percentile(env, 95) - floor_db / 20 * np.log(10)
+
+
+def pause_frames(speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> np.ndarray:
+    """(T,) bool: frames inside pauses of at least ``min_pause`` frames, without their first
+    ``settle`` frames (the mouth closing after the last word)."""
+    quiet = np.zeros(len(speech), bool)
+    start = None
+    for i, s in enumerate(np.append(speech, True)):
+        if not s and start is None:
+            start = i
+        elif s and start is not None:
+            if i - start >= min_pause:
+                quiet[start + settle:i] = True
+            start = None
+    return quiet

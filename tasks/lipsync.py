@@ -40,7 +40,7 @@ from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.generator import masked_target
 from models.renderer import face_mask, mouth_mask, render_mesh, warp_texture
 from models.resyncer import ReSyncer
-from tasks.audio import SAMPLE_RATE, load_audio
+from tasks.audio import SAMPLE_RATE, Audio, load_audio, pause_frames, speech_frames
 from tasks.decode import VideoSource, local_path
 from tasks.detail import composite_redrawn, detail_factor
 from tasks.encode import encode_h264
@@ -221,6 +221,28 @@ def redraw(model: ReSyncer, crops: np.ndarray, new_verts: np.ndarray, old_verts:
     return _to_uint8(fake), mask[:, 0].numpy()
 
 
+def rest_pose(track: TrackResult, usable: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """(V, 3) the speaker's own mouth at rest: the mean displacement of their usable frames with the
+    least open mouth (the lowest ``share``). Zero displacement is the average face, half open."""
+    idx = np.flatnonzero(usable)
+    opening = np.nan_to_num(mouth_opening(track.smoothed[idx]), nan=np.inf)
+    keep = idx[opening <= np.quantile(opening[np.isfinite(opening)], share)] if np.isfinite(opening).any() else idx
+    return np.nan_to_num(track.displacements[keep]).mean(0).astype(np.float32)
+
+
+def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
+                   ramp: int = 3) -> np.ndarray:
+    """Predicted motion eased to ``rest`` in the pauses of the new speech (``min_pause`` frames or
+    longer), over ``ramp`` frames each side. The Style-SyncFormer never saw digital silence or long
+    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there."""
+    quiet = pause_frames(speech, min_pause, settle=ramp).astype(np.float32)
+    if not quiet.any():
+        return predicted
+    gate = np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
+    gate = gate[:, None, None]
+    return (predicted * (1 - gate) + rest[None] * gate).astype(np.float32)
+
+
 def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
                           track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
     """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
@@ -274,6 +296,10 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             predicted = predict_displacements(model, features, cache, samples, track, style_src)
         except (RuntimeError, ValueError) as e:
             raise ResyncError(ErrorClass.MODEL_ERROR, f"Style-SyncFormer failed: {e}", item=video_uri) from e
+        if settings.rest_min_pause_s > 0:
+            speech = speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps)
+            predicted = rest_in_pauses(predicted, speech, rest_pose(track, usable),
+                                       max(1, int(round(settings.rest_min_pause_s * track.fps))))
     new_canonical, old_canonical = planned_meshes(track, predicted, inputs.reference_template)
     timings["dynamics_s"] = time.perf_counter() - t
 
@@ -420,4 +446,4 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 __all__ = ["DubInputs", "DubResult", "dub", "redraw", "warm_generator", "planned_meshes", "crop_vertices", "predict_displacements", "lower_face_weights", "reference_window", "reference_frame",
-           "fit_audio_length", "mux_audio", "renderable"]
+           "fit_audio_length", "mux_audio", "renderable", "rest_pose", "rest_in_pauses"]

@@ -19,7 +19,7 @@ import numpy as np
 from catalogs.settings import Settings
 from models.audio_features import AudioFeatures
 from models.resyncer import ReSyncer
-from tasks.audio import Audio, speech_envelope
+from tasks.audio import Audio, pause_frames, speech_envelope, speech_frames  # noqa: F401 (re-exported)
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
@@ -133,21 +133,6 @@ class OutputObserver:
         self._tracker.close()
 
 
-def pause_frames(speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> np.ndarray:
-    """(T,) bool: frames inside pauses of at least ``min_pause`` frames, without their first
-    ``settle`` frames (the mouth closing after the last word)."""
-    quiet = np.zeros(len(speech), bool)
-    start = None
-    for i, s in enumerate(np.append(speech, True)):
-        if not s and start is None:
-            start = i
-        elif s and start is not None:
-            if i - start >= min_pause:
-                quiet[start + settle:i] = True
-            start = None
-    return quiet
-
-
 def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10, settle: int = 3) -> float:
     """Mouth motion in pauses relative to motion in speech (mean |frame-to-frame change|). Only
     pauses of at least ``min_pause`` frames count, without their first ``settle`` frames (the mouth
@@ -159,12 +144,6 @@ def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10,
     if len(still) < 5 or len(talk) < 5 or talk.mean() < 1e-9:
         return float("nan")
     return float(still.mean() / talk.mean())
-
-
-def speech_frames(audio: Audio, timestamps: np.ndarray, floor_db: float = 30.0) -> np.ndarray:
-    """Frames with speech by the speech-band energy: within ``floor_db`` (amplitude) of the loud frames."""
-    env = speech_envelope(audio, timestamps)          # natural log of the band's RMS
-    return env > np.percentile(env, 95) - floor_db / 20 * np.log(10)
 
 
 def expected_opening(model: ReSyncer, features: AudioFeatures, track: TrackResult, samples: np.ndarray) -> np.ndarray:

@@ -214,3 +214,22 @@ def test_cli_dub_and_its_errors(env, tmp_path):
                                 "-o", str(tmp_path / "x.mp4"), "--root", settings.root],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "missing.wav" in bad.stderr
+
+
+def test_the_mouth_rests_in_the_pauses_of_the_new_speech():
+    """In a pause of at least min_pause frames the predicted motion eases to the rest pose (fully after
+    the ramp); speech frames and short gaps between words keep the prediction."""
+    from tasks.lipsync import rest_in_pauses
+
+    rng = np.random.default_rng(0)
+    predicted = rng.normal(size=(100, 5, 3)).astype(np.float32)
+    rest = np.full((5, 3), 7.0, np.float32)
+    speech = np.ones(100, bool)
+    speech[30:60] = False          # a 30-frame pause
+    speech[80:84] = False          # a 4-frame gap between words
+    out = rest_in_pauses(predicted, speech, rest, min_pause=10, ramp=3)
+    assert np.array_equal(out[speech], predicted[speech])
+    assert np.allclose(out[37:55], 7.0)                                   # at rest inside the pause
+    assert np.array_equal(out[80:84], predicted[80:84])                   # short gaps are speech
+    assert 0 < np.abs(out[31] - predicted[31]).sum() < np.abs(rest - predicted[31]).sum()   # eased, not cut
+    assert rest_in_pauses(predicted, np.ones(100, bool), rest, 10) is predicted
