@@ -195,7 +195,9 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             d_opt.step()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        out_of_time = cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s
+        # the last step before the budget runs out is evaluated too (see train_syncformer)
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             v = evaluate(g, data, val_idx, val_ref)
             entry = {"step": step, "loss": float(loss.detach()), "val_lower_psnr": v, "seconds": time.monotonic() - start}
             if swapping:
@@ -203,7 +205,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
             cfg.log.append(entry)
             if stopper.update(v):
                 break
-        if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
+        if out_of_time:
             break
     best = stopper.restore()
     g.eval()

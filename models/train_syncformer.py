@@ -198,7 +198,10 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         sched.step()
         if step % cfg.log_every == 0:
             cfg.log.append({"step": step, "loss": float(loss.detach()), "seconds": time.monotonic() - start})
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        out_of_time = cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s
+        # the last step before the budget runs out is evaluated too: a short budget (a speaker's
+        # fine-tune) may end before the first regular evaluation, and would keep nothing it learnt
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             e = evaluate(model, held, lips, mouth=mouth)
             cfg.log.append({"step": step, "loss": float(loss.detach()), "val_vertex": e.vertex,
                             "val_opening_corr": e.opening_corr, "val_opening_ccc": e.opening_ccc,
@@ -207,7 +210,7 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
                 best_eval = e
             if stopper.update(score(e)):
                 break
-        if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
+        if out_of_time:
             break
     stopper.restore()
     model.eval()

@@ -232,3 +232,17 @@ def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media
     assert "held-out speakers" in card and summary["holdout"]["clips"][0] in card
     with pytest.raises(ValueError, match="speaker labels"):
         train_base(storage, settings, uris, tmp_path / "x", features, plan=plan, speakers=["map"])
+
+
+def test_a_budget_that_ends_before_the_first_evaluation_still_evaluates_its_last_step(clip):
+    """A speaker's short fine-tune may run out of time before the first regular evaluation: its last
+    step is evaluated, so what it learnt can be kept (it used to restore the starting weights)."""
+    *_, c = clip
+    model = ReSyncer.new("cpu")
+    sync = train_syncformer(model.syncformer, sequences([c]), torch.from_numpy(LIPS),
+                            SyncFormerTraining(steps=1000, eval_every=1000, time_budget_s=0.0, val_fraction=0.3),
+                            mouth=MOUTH)
+    assert sync["steps"] == 1 and [e["step"] for e in sync["log"] if "val_vertex" in e] == [1]
+    gen = train_generator(model.generator, model.discriminator, generator_data([c]),
+                          GeneratorTraining(steps=1000, eval_every=1000, time_budget_s=0.0, batch=2, max_eval_frames=4))
+    assert gen["steps"] == 1 and [e["step"] for e in gen["log"] if "val_lower_psnr" in e] == [1]
