@@ -436,24 +436,37 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     identity = FaceIdentity()
     started = time.perf_counter()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     per_clip: dict[str, dict] = {}
+    foreign: list[dict] = []
+    cv: list[dict] = []
+    mode_results: list[dict] = []
+
+    def save() -> None:
+        """Written after every clip and section: a long run that is stopped keeps what it measured."""
+        out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "foreign": foreign,
+                                   "cv": cv, "modes": mode_results, "wall_s": time.perf_counter() - started},
+                                  indent=2, default=float))
+
     for name in names if "quality" in sections else []:
         console.print(f"[bold]{name}[/bold]: finetune on the first {args.fit_fraction:.0%}, dub the rest ...")
         scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache,
                                   (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch)
         per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
+        save()
         console.print("  " + ", ".join(f"{m} corr {s.opening_corr:.2f} amp {s.amplitude:.2f} inside {s.interior_brightness:.2f}"
                                        for m, s in scores.items()))
     if per_clip:
         report_quality(per_clip, names, base, args)
 
-    foreign = []
     if "foreign" in sections:
         console.print("[bold]cross-language[/bold]: zero-shot dubs with foreign tracks, the mouth in the pauses ...")
         for k, name in enumerate(names):
             pair = (FOREIGN[k % len(FOREIGN)], FOREIGN[(k + 4) % len(FOREIGN)])
             foreign += foreign_rows(storage, settings, base, str(SHARED / "videos" / name), features, cache, pair,
                                     args.fit_fraction, scratch)
+            save()
         ft = Table(title="translated tracks, zero-shot: the mouth in the pauses (targets <= 1.2x closed; <= 0.3x motion)")
         for col in ("clip", "track", "opening / own closed mouth", "motion / motion in speech"):
             ft.add_column(col, justify="right")
@@ -462,7 +475,6 @@ def main() -> None:
         ft.add_row("mean", "", f"{_mean(foreign, 'silence_opening_ratio'):.2f}", f"{_mean(foreign, 'silence_motion_ratio'):.2f}")
         console.print(ft)
 
-    cv = []
     if args.cv_seconds > 0 and "cv" in sections:
         console.print(f"[bold]speaker-disjoint cross-validation[/bold] ({args.folds} folds over train/ and videos/) ...")
         uris, speakers = labelled_videos(storage, str(TRAIN_LISTING))
@@ -471,7 +483,8 @@ def main() -> None:
         tracks = [track_for(storage, settings, u) for u in uris]
         clips = [prepare_clip(storage, settings, u, base.size, features, cache, tr, base.config.syncformer.audio_offsets)
                  for u, tr in zip(uris, tracks)]
-        cv = cross_validate(clips, speakers, tracks, base, args.cv_seconds, args.folds)
+        cv[:] = cross_validate(clips, speakers, tracks, base, args.cv_seconds, args.folds)
+        save()
         lt = Table(title=f"speaker-disjoint {args.folds}-fold cross-validation, mouth-opening correlation "
                          f"({args.cv_seconds:.0f} s per fold; style from the first half of a clip, scored on the second)")
         for col in ("clips", "Style-SyncFormer", "its amplitude", "ridge (Whisper frame at t)"):
@@ -481,20 +494,16 @@ def main() -> None:
             lt.add_row(f"{label}: {len(rows)}", f"{_mean(rows, 'syncformer_corr'):.3f}",
                        f"{_mean(rows, 'syncformer_amplitude'):.3f}", f"{_mean(rows, 'ridge_corr'):.3f}")
         console.print(lt)
-    mode_results = []
     if "modes" in sections:
         console.print("[bold]other modes[/bold] with the base model ...")
-        mode_results = mode_rows(storage, settings, base, features, cache, scratch)
+        mode_results[:] = mode_rows(storage, settings, base, features, cache, scratch)
         mt = Table(title="video-driven lip sync, style transfer and face swap (base model)")
         mt.add_column("mode")
         mt.add_column("measure", justify="right")
         for r in mode_results:
             mt.add_row(r["mode"], ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "mode"))
         console.print(mt)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "foreign": foreign, "cv": cv,
-                               "modes": mode_results, "wall_s": time.perf_counter() - started}, indent=2, default=float))
+    save()
     console.print(f"results: {out} ({time.perf_counter() - started:.0f} s)")
 
 
