@@ -23,6 +23,11 @@ LIPS = np.array(sorted({61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 
                         78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415}),
                 dtype=np.int64)
 
+# The inner-lip contour in order around the mouth (upper lip left to right, lower lip back): the
+# outline of what a mouth shows inside (teeth, tongue).
+INNER_LIP_RING = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95],
+                          dtype=np.int64)
+
 
 def eye_centers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(left, right) eye centers of (..., 478, D) landmarks."""

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tasks.landmarks import mouth_opening
-from tasks.qa import pause_frames, silence_motion
+from tasks.audio import pause_frames
+from tasks.landmarks import INNER_LIP_RING, mouth_opening
+from tasks.qa import silence_motion
 
-# MediaPipe's inner-lip contour, in order around the mouth (upper lip left to right, lower lip back).
-INNER_LIP_RING = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95],
-                          dtype=np.int64)
 # A real mouth counts as open from this inner-lip gap (in eye distances): teeth or tongue can show.
 OPEN_MOUTH = 0.10
 MIN_INTERIOR_PIXELS = 12
@@ -92,5 +90,5 @@ def rest_in_silence(opening: np.ndarray, speech: np.ndarray, closed: float) -> d
     return {"silence_opening_ratio": ratio, "silence_motion_ratio": silence_motion(opening, speech)}
 
 
-__all__ = ["INNER_LIP_RING", "OPEN_MOUTH", "Interior", "inner_mouth_mask", "interior", "amplitude_ratio",
+__all__ = ["OPEN_MOUTH", "Interior", "inner_mouth_mask", "interior", "amplitude_ratio",
            "interior_ratios", "rest_in_silence"]

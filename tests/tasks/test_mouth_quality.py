@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tasks.landmarks import mouth_opening
-from tasks.mouth_quality import INNER_LIP_RING, amplitude_ratio, inner_mouth_mask, interior_ratios, rest_in_silence
+from tasks.landmarks import INNER_LIP_RING
+from tasks.mouth_quality import amplitude_ratio, inner_mouth_mask, interior_ratios, rest_in_silence
 
 
 def face_marks(gap: float = 30.0, centre: tuple[float, float] = (128.0, 180.0)) -> np.ndarray:
