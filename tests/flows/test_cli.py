@@ -65,10 +65,10 @@ def test_ingest_show_plan(tmp_path: Path, shared_data: Path):
 
 
 @pytest.mark.parametrize("args,code", [
-    (["catalog", "ingest", "--root", "/tmp/x"], 2),                      # nothing to ingest
-    (["catalog", "ingest", "--root", "/tmp/x", "--videos", "/nope/v.csv"], 1),  # listing missing
+    (["catalog", "ingest", "--root", "{tmp}/root"], 2),                      # nothing to ingest
+    (["catalog", "ingest", "--root", "{tmp}/root", "--videos", "{tmp}/nope/v.csv"], 1),  # listing missing
     (["catalog", "plan", "--shard-size", "0"], 2),
 ])
 def test_exit_codes(args, code, tmp_path):
-    r = runner.invoke(app, args)
+    r = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert r.exit_code == code, r.output

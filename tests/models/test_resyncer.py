@@ -36,8 +36,15 @@ def test_round_trip_is_bit_exact_and_keeps_the_card(tmp_path):
 
 
 def test_without_discriminator_still_loads(tmp_path):
-    small().save(tmp_path / "m", include_discriminator=False)
-    ReSyncer.load(tmp_path / "m")
+    """An inference-only checkpoint (no discriminator) loads with the same generator and
+    Style-SyncFormer weights, and its version is the content it holds, not the full model's."""
+    model = small()
+    version = model.save(tmp_path / "m", include_discriminator=False)
+    loaded = ReSyncer.load(tmp_path / "m")
+    assert loaded.version == version != model.save(tmp_path / "full")
+    for part in ("syncformer", "generator"):
+        for (k, a), b in zip(getattr(model, part).state_dict().items(), getattr(loaded, part).state_dict().values()):
+            assert torch.equal(a, b), f"{part}.{k}"
 
 
 def test_a_pickle_is_refused(tmp_path):
