@@ -22,7 +22,7 @@ from catalogs.manifest import DubManifest
 from catalogs.plan import make_shards, plan_items
 from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
 from catalogs.storage import Storage
-from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out
+from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out, require_catalog
 
 app = typer.Typer(help="resync: batch lip-sync dubbing for video catalogs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -78,6 +78,7 @@ def catalog_show(root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] =
                  as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")) -> None:
     """Counts of videos and requests (by language), dub status counts, and the rejected rows not yet fixed."""
     tables = DeltaTables(Storage(make_settings(root, None, s3_endpoint_url)))
+    require_catalog(tables)
     videos = tables.read(VIDEOS_TABLE, columns=["video_id"]).num_rows
     req = tables.read(REQUESTS_TABLE, columns=["language"]).to_pandas()
     by_lang = req["language"].value_counts().sort_index().to_dict()
@@ -111,7 +112,9 @@ def catalog_plan(
     """Deterministic shards of the (video, language) items whose input_key has no success yet. Reads no media."""
     settings = make_settings(root, None, s3_endpoint_url, **({"shard_size": shard_size} if shard_size else {}))
     langs = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
-    items = plan_items(DeltaTables(Storage(settings)), settings.render_config, langs)
+    tables = DeltaTables(Storage(settings))
+    require_catalog(tables)
+    items = plan_items(tables, settings.render_config, langs)
     shards = make_shards(items, settings.shard_size)
     if as_json:
         out.print_json(json.dumps([{"shard_id": s.shard_id, "items": [i.__dict__ for i in s.items]} for s in shards]))
@@ -165,6 +168,7 @@ def catalog_maintain(root: Optional[str] = RootOpt, s3_endpoint_url: Optional[st
 
     Nothing is vacuumed: every committed version stays readable by time travel."""
     tables = DeltaTables(Storage(make_settings(root, None, s3_endpoint_url)))
+    require_catalog(tables)
     t = Table(title="maintenance")
     for col in ("table", "files removed", "files added"):
         t.add_column(col)

@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from catalogs.delta import DeltaTables
+from catalogs.schemas import VIDEOS_TABLE
 from catalogs.settings import Settings
 
 console = Console(stderr=True)
@@ -27,6 +29,15 @@ def make_settings(root: str | None = None, allow_root: list[str] | None = None, 
 def fail(msg: str, code: int = 1) -> None:
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(code)
+
+
+def require_catalog(tables: DeltaTables) -> None:
+    """Refuse (exit 2) a root that holds no catalog: opening a table creates it, so a mistyped
+    ``--root`` would otherwise become a fresh, empty catalog that reports nothing. Only ingest
+    creates one."""
+    if not tables.exists(VIDEOS_TABLE):
+        fail(f"no catalog at {tables.storage.root} (no {VIDEOS_TABLE} table): check --root / RESYNC_ROOT; "
+             "`resync catalog ingest` creates a catalog", 2)
 
 
 def frame_progress() -> Progress:

@@ -16,7 +16,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out
+from catalogs.delta import DeltaTables
+from catalogs.errors import ErrorClass
+from catalogs.runs import RunLog
+from catalogs.schemas import RUNS_TABLE
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out, require_catalog
 
 run_app = typer.Typer(help="Orchestrated runs: Prefect flows that fan items out to Ray actor pools and commit "
                       "versioned manifests.", no_args_is_help=True)
@@ -29,7 +35,7 @@ JsonOpt = typer.Option(False, "--json", help="Print the run summary as JSON inst
 
 
 def _environment(root: str | None, allow_root: list[str] | None, s3_endpoint_url: str | None,
-                 ray_address: str | None, prefect_api_url: str | None, **extra) -> None:
+                 ray_address: str | None, prefect_api_url: str | None, **extra) -> Settings:
     """Flags become the environment the flows (and the Ray workers this process starts) read."""
     settings = make_settings(root, allow_root, s3_endpoint_url, **({"ray_address": ray_address} if ray_address else {}),
                              **{k: v for k, v in extra.items() if v is not None})
@@ -41,6 +47,25 @@ def _environment(root: str | None, allow_root: list[str] | None, s3_endpoint_url
     if prefect_api_url:
         os.environ["PREFECT_API_URL"] = prefect_api_url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return settings
+
+
+def _check_inputs(settings: Settings, runs: tuple[str | None, ...] = (), error_class: str | None = None) -> None:
+    """Refuse (exit 2), before any flow starts, what would otherwise select nothing and exit 0 as if
+    done: a root without a catalog, an error class outside the closed set, a run id never recorded."""
+    tables = DeltaTables(Storage(settings))
+    require_catalog(tables)
+    if error_class is not None and error_class not in {str(c) for c in ErrorClass}:
+        fail(f"unknown error class {error_class!r}; the classes are: {', '.join(str(c) for c in ErrorClass)}", 2)
+    known = None
+    for run in runs:
+        if run is None:
+            continue
+        log = RunLog(tables)
+        if log.get(run) is None:
+            known = known if known is not None else [r["run_id"] for r in log.all()][-5:]
+            fail(f"unknown run {run!r}: no such run in {tables.uri(RUNS_TABLE)}"
+                 + (f"; the latest are: {', '.join(known)}" if known else " (it has none)"), 2)
 
 
 def _progress() -> tuple[Progress, Callable[[str, dict], None]]:
@@ -95,7 +120,7 @@ def nightly(
     ray_address: Optional[str] = RayOpt, prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Dub every (video, language) whose inputs (video, audio, models, render config) have no success yet."""
-    _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url, shard_size=shard_size)
+    _check_inputs(_environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url, shard_size=shard_size))
     from flows.nightly import nightly_localization
 
     dubbing_run(nightly_localization, as_json, languages=languages or None, limit=limit)
@@ -110,7 +135,7 @@ def reprocess(
     ray_address: Optional[str] = RayOpt, prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Dub again exactly the items whose latest attempt failed (files behind them are re-probed first)."""
-    _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url)
+    _check_inputs(_environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url), (run,), error_class)
     from flows.reprocess import reprocess_failed
 
     dubbing_run(reprocess_failed, as_json, run=run, error_class=error_class, language=language)
@@ -147,7 +172,7 @@ def finetune(
     ray_address: Optional[str] = RayOpt, prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Fine-tune a speaker model from the newest base and register it; the next nightly run re-dubs that speaker with it."""
-    _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url)
+    _check_inputs(_environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url))
     from flows.finetune import finetune_speaker
 
     _training_run(finetune_speaker, as_json, speaker_id=speaker_id, syncformer_seconds=syncformer_seconds,
@@ -164,7 +189,7 @@ def train(
     ray_address: Optional[str] = RayOpt, prefect_api_url: Optional[str] = PrefectOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Train a base model over the catalog and register it; every item is dubbed again with it next night."""
-    _environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url)
+    _check_inputs(_environment(root, allow_root, s3_endpoint_url, ray_address, prefect_api_url))
     from flows.train import train_base
 
     _training_run(train_base, as_json, video_ids=video_ids or None, resume=not fresh,
@@ -182,7 +207,7 @@ def qa(
 ) -> None:
     """Write the QA report: outcomes by language and error class, metric distributions against their
     thresholds, the worst items with before/after frames, throughput, and what changed since --compare."""
-    _environment(root, allow_root, s3_endpoint_url, None, prefect_api_url)
+    _check_inputs(_environment(root, allow_root, s3_endpoint_url, None, prefect_api_url), (run, compare))
     from flows.qa import qa_report
 
     if output and "://" not in output:

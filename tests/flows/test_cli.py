@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from typer.testing import CliRunner
@@ -72,3 +74,48 @@ def test_ingest_show_plan(tmp_path: Path, shared_data: Path):
 def test_exit_codes(args, code, tmp_path):
     r = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
     assert r.exit_code == code, r.output
+
+
+@pytest.mark.parametrize("command", [["catalog", "show"], ["catalog", "show", "--json"], ["catalog", "plan"],
+                                     ["catalog", "maintain"]])
+def test_read_commands_refuse_a_root_without_a_catalog(command, tmp_path):
+    """A mistyped --root is an error naming the root, and it stays untouched: only ingest creates a catalog."""
+    root = tmp_path / "typo"
+    r = runner.invoke(app, [*command, "--root", str(root)])
+    assert r.exit_code == 2, r.output
+    assert "no catalog" in r.output and "typo" in r.output
+    assert not root.exists()
+
+
+@pytest.fixture
+def catalog_root(tmp_path: Path):
+    """A storage root with a catalog and one recorded run (no media: these commands refuse before any)."""
+    from catalogs.delta import DeltaTables
+    from catalogs.runs import RunLog
+    from catalogs.schemas import TABLES
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+
+    tables = DeltaTables(Storage(Settings(root=str(tmp_path / "root"))))
+    for name in TABLES:
+        tables.ensure(name)
+    run_id = RunLog(tables).start("nightly", {})
+    with mock.patch.dict(os.environ):         # `resync run` exports its flags to the environment
+        yield str(tmp_path / "root"), run_id
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "reprocess", "--error-class", "typo"], "error class 'typo'"),
+    (["run", "reprocess", "--run", "typo"], "run 'typo'"),
+    (["run", "qa", "--run", "typo"], "run 'typo'"),
+    (["run", "qa", "--compare", "typo"], "run 'typo'"),
+])
+def test_runs_refuse_an_unknown_run_or_error_class(args, needle, catalog_root):
+    root, known = catalog_root
+    r = runner.invoke(app, [*args, "--root", root])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output, r.output
+    if "--error-class" in args:
+        assert "audio_decode_error" in r.output       # the valid classes are listed
+    else:
+        assert known in r.output                      # and the runs there are
