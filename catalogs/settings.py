@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     personalize_generator_s: float = Field(240.0, ge=0, description="Generator budget (s) of a nightly run's automatic "
                                            "speaker model (the finetune recipe's default).")
     max_attempts: int = Field(3, ge=1, description="Attempts at an input_key before nightly runs stop retrying its transient failures.")
-    prefect_api_url: str | None = Field(None, description="Prefect API URL; None uses Prefect's ephemeral API.")
+    prefect_api_url: str | None = Field(None, description="Prefect API URL that `resync run` flows report to (exported as "
+                                        "PREFECT_API_URL before Prefect loads); None leaves Prefect's own PREFECT_API_URL, "
+                                        "else its ephemeral API.")
 
     # --- models (local paths only: nothing is downloaded at run time) --------------------
     model_dir: str | None = Field(None, description="Base model directory (safetensors + config.json).")

@@ -29,8 +29,8 @@ run_app = typer.Typer(help="Orchestrated runs: Prefect flows that fan items out 
 
 RayOpt = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://head:10001). Env: RESYNC_RAY_ADDRESS. "
                       "Default: an embedded local cluster bound to 127.0.0.1.")
-PrefectOpt = typer.Option(None, "--prefect-api-url", help="Prefect API (http://127.0.0.1:4200/api). Env: PREFECT_API_URL. "
-                          "Default: Prefect's ephemeral API.")
+PrefectOpt = typer.Option(None, "--prefect-api-url", help="Prefect API (http://127.0.0.1:4200/api). Env: RESYNC_PREFECT_API_URL, "
+                          "else Prefect's own PREFECT_API_URL. Default: Prefect's ephemeral API.")
 JsonOpt = typer.Option(False, "--json", help="Print the run summary as JSON instead of a table.")
 
 
@@ -38,14 +38,15 @@ def _environment(root: str | None, allow_root: list[str] | None, s3_endpoint_url
                  ray_address: str | None, prefect_api_url: str | None, **extra) -> Settings:
     """Flags become the environment the flows (and the Ray workers this process starts) read."""
     settings = make_settings(root, allow_root, s3_endpoint_url, **({"ray_address": ray_address} if ray_address else {}),
+                             **({"prefect_api_url": prefect_api_url} if prefect_api_url else {}),
                              **{k: v for k, v in extra.items() if v is not None})
-    for name in ("root", "s3_endpoint_url", "ray_address", *extra):
+    for name in ("root", "s3_endpoint_url", "ray_address", "prefect_api_url", *extra):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"RESYNC_{name.upper()}"] = str(value)
     os.environ["RESYNC_ALLOWED_ROOTS"] = json.dumps(settings.allowed_roots)
-    if prefect_api_url:
-        os.environ["PREFECT_API_URL"] = prefect_api_url
+    if settings.prefect_api_url:          # Prefect reads its API URL when first imported: after this
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return settings
 

@@ -119,3 +119,21 @@ def test_runs_refuse_an_unknown_run_or_error_class(args, needle, catalog_root):
         assert "audio_decode_error" in r.output       # the valid classes are listed
     else:
         assert known in r.output                      # and the runs there are
+
+
+@pytest.mark.parametrize("env,flag,expected", [
+    ({"RESYNC_PREFECT_API_URL": "http://127.0.0.1:4301/api"}, None, "http://127.0.0.1:4301/api"),
+    ({"RESYNC_PREFECT_API_URL": "http://127.0.0.1:4301/api"}, "http://127.0.0.1:4302/api", "http://127.0.0.1:4302/api"),
+    ({"PREFECT_API_URL": "http://127.0.0.1:4303/api"}, None, "http://127.0.0.1:4303/api"),   # Prefect's own stays
+])
+def test_the_prefect_api_url_setting_is_the_api_the_flows_use(env, flag, expected, tmp_path):
+    """RESYNC_PREFECT_API_URL (or --prefect-api-url, which beats it) is the API Prefect connects to
+    when `resync run` starts a flow: checked with Prefect's own settings, in a fresh process."""
+    code = ("import sys; from flows.cli_run import _environment; "
+            f"_environment({str(tmp_path)!r}, None, None, None, {flag!r}); "
+            "from prefect.settings import get_current_settings; print(get_current_settings().api.url)")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESYNC_"))}
+    proc = subprocess.run([sys.executable, "-c", code], env={**base, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == expected
