@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
@@ -25,8 +24,8 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.listing import ListingRow, read_listing
 from catalogs.probe import probe_audio, probe_video
 from catalogs.schemas import REJECTS, REJECTS_TABLE, REQUESTS, REQUESTS_TABLE, VIDEOS, VIDEOS_TABLE
-from catalogs.storage import Storage, is_s3
-from catalogs.uris import UriPolicy
+from catalogs.storage import Storage
+from catalogs.uris import UriPolicy, listing_dir
 
 LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP-47, the parts we use
 VIDEO_COLUMNS = ("video_id", "uri", "speaker_id")
@@ -228,8 +227,9 @@ class CatalogIngest:
         return size, self.storage.modified(uri)
 
     @staticmethod
-    def _base_dir(listing: str) -> str | None:
-        return None if is_s3(listing) else str(Path(listing).resolve().parent)
+    def _base_dir(listing: str) -> str:
+        """Relative URIs are taken from the listing's folder, on S3 as on local disk."""
+        return listing_dir(listing)
 
     def _reject(self, listing_kind: str, row: ListingRow, item: str | None, e: ResyncError, source: str) -> Reject:
         reason = e.reason if e.item is None else f"{e.item}: {e.reason}"

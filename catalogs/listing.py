@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.storage import Storage, is_s3
+from catalogs.uris import join_relative, listing_dir
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ def labelled_videos(storage: Storage, listing: str) -> tuple[list[str], list[str
         if row.parse_error or not uri or not speaker:
             raise ResyncError(ErrorClass.INVALID_ROW, f"row {row.number} needs uri and speaker_id "
                               f"({row.parse_error or row.values})", item=listing)
-        if not is_s3(uri) and not os.path.isabs(uri) and not is_s3(listing):
-            uri = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(listing)), uri))
+        uri = join_relative(listing_dir(listing), uri)
+        if not is_s3(uri):
+            uri = os.path.normpath(os.path.expanduser(uri))
         uris.append(uri)
         speakers.append(speaker)
     return uris, speakers

@@ -7,6 +7,7 @@ byte is read; a rejection is a ``uri_not_allowed`` error naming the URI and the 
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,6 +15,28 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.storage import is_s3, s3_key_is_clean
 
 ALLOWED_SCHEMES = ("", "file", "s3")
+
+
+def listing_dir(listing: str) -> str:
+    """The folder a listing's relative URIs are taken from: its own (an S3 prefix for an S3 listing)."""
+    if is_s3(listing):
+        return listing.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(urlparse(listing).path if listing.startswith("file://") else listing).expanduser().resolve().parent)
+
+
+def join_relative(base_dir: str, uri: str) -> str:
+    """``uri`` as named by a listing in ``base_dir``: relative paths are joined to it (``..`` folded
+    away); absolute paths and URIs with a scheme are left as they are. An S3 join may not climb out of
+    the listing's bucket."""
+    if urlparse(uri).scheme or uri.startswith(("/", "~")):
+        return uri
+    if not is_s3(base_dir):
+        return str(Path(base_dir) / uri)
+    bucket, _, prefix = base_dir[len("s3://"):].partition("/")
+    key = posixpath.normpath(posixpath.join(prefix, uri))
+    if key == "." or key.startswith("../") or key == "..":
+        raise ResyncError(ErrorClass.URI_NOT_ALLOWED, f"climbs out of the listing's bucket s3://{bucket}", item=uri)
+    return f"s3://{bucket}/{key}"
 
 
 class UriPolicy:
@@ -29,10 +52,13 @@ class UriPolicy:
                 self.local_roots.append(Path(urlparse(root).path if root.startswith("file://") else root).expanduser().resolve())
 
     def resolve(self, uri: str, base_dir: str | Path | None = None) -> str:
-        """Absolute URI for ``uri`` (relative paths are taken from ``base_dir``), or ``ResyncError``."""
+        """Absolute URI for ``uri`` (relative paths are taken from ``base_dir``, a local folder or an S3
+        prefix), or ``ResyncError``."""
         if not isinstance(uri, str) or not uri.strip():
             raise ResyncError(ErrorClass.INVALID_ROW, "empty URI")
         uri = uri.strip()
+        if base_dir is not None and is_s3(str(base_dir)):
+            uri = join_relative(str(base_dir), uri)   # relative to an S3 listing: an S3 URI
         scheme = urlparse(uri).scheme
         # A Windows-style drive letter is parsed as a one-letter scheme; we serve POSIX paths only.
         if scheme not in ALLOWED_SCHEMES:

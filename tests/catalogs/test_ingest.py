@@ -177,3 +177,27 @@ def test_changed_file_is_reprobed_and_updated(local_settings, shared_data, tmp_p
     assert second["sha256"] != first["sha256"] and second["width"] == 844
     # the old version is still there to read
     assert DeltaTables(storage).read(VIDEOS_TABLE, version=1).to_pylist()[0]["sha256"] == first["sha256"]
+
+
+def test_relative_uris_in_an_s3_listing_resolve_against_its_folder(s3_settings, shared_data, tmp_path, monkeypatch):
+    """A listing on S3 names its media relative to its own folder, as a local listing does; a file of
+    the same name in the working directory (an allowed root here) must not be picked up instead."""
+    from catalogs.listing import labelled_videos
+
+    storage = Storage(s3_settings)
+    media = s3_settings.allowed_roots[0]                      # s3://bucket/media
+    storage.put_file(shared_data / "videos" / "speaker_map_5s.mp4", f"{media}/clips/map.mp4")
+    storage.put_file(shared_data / "audio" / "french1.wav", f"{media}/audio/fr.wav")
+    (tmp_path / "map.mp4").write_bytes((shared_data / "videos" / "speaker_glasses_5s.mp4").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    storage.write_bytes(f"{media}/clips/videos.csv", b"video_id,uri,speaker_id\nmap,map.mp4,man\n"
+                                                     b"escape,../../../elsewhere/x.mp4,man\n")
+    storage.write_bytes(f"{media}/clips/requests.csv", b"video_id,language,audio_uri\nmap,fr,../audio/fr.wav\n")
+    report = CatalogIngest(storage).run(f"{media}/clips/videos.csv", f"{media}/clips/requests.csv")
+    tables = DeltaTables(storage)
+    assert tables.read(VIDEOS_TABLE, columns=["uri"]).to_pylist() == [{"uri": f"{media}/clips/map.mp4"}]
+    assert tables.read(REQUESTS_TABLE, columns=["audio_uri"]).to_pylist() == [{"audio_uri": f"{media}/audio/fr.wav"}]
+    assert [(r.item, r.error_class) for r in report.rejects] == [("escape", ErrorClass.URI_NOT_ALLOWED)]
+    # training listings read the same way
+    storage.write_bytes(f"{media}/clips/train.csv", b"uri,speaker_id\nmap.mp4,man\n")
+    assert labelled_videos(storage, f"{media}/clips/train.csv") == ([f"{media}/clips/map.mp4"], ["man"])
