@@ -1,7 +1,7 @@
 """Catalog ingestion: listings of videos and dub requests into the catalog Delta tables.
 
 Bad rows never stop an ingest: each is recorded in ``catalog/rejects`` with its row, reason and
-error class, and the good rows land. Ingest is idempotent: a listing whose rows and files have not
+error class, and the good rows land. A storage failure is not a bad row: it stops the ingest. Ingest is idempotent: a listing whose rows and files have not
 changed commits nothing, so the tables gain no new version.
 """
 
@@ -175,13 +175,19 @@ class CatalogIngest:
 
     def _probe_all(self, what: str, todo: list[tuple[ListingRow, str, Callable[[], dict]]], kind: str,
                    listing: str, report: IngestReport) -> list[dict]:
-        """Probe rows on a few threads (I/O- and FFmpeg-bound, which release the GIL), in listing order."""
+        """Probe rows on a few threads (I/O- and FFmpeg-bound, which release the GIL), in listing order.
+
+        A storage failure is no fault of the row: it stops the ingest (``ResyncError`` with class
+        ``storage_error``, nothing committed) instead of rejecting every row an outage touches."""
         def run(job: tuple[ListingRow, str, Callable[[], dict]]) -> dict | Reject:
             row, item, probe = job
             self.progress(f"{what} {item}")
             try:
                 return probe()
             except ResyncError as e:
+                if e.error_class == ErrorClass.STORAGE_ERROR:
+                    raise ResyncError(e.error_class, f"storage failed while reading {what} {item}, so nothing was "
+                                      f"ingested (run it again once storage is back): {e}") from e
                 return self._reject(kind, row, item, e, listing)
             except Exception as e:  # a bug or an unforeseen file: one bad row, never a failed ingest
                 log.exception("probing %s %s failed", what, item)

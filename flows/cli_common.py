@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from catalogs.delta import DeltaTables
@@ -27,7 +28,8 @@ def make_settings(root: str | None = None, allow_root: list[str] | None = None, 
 
 
 def fail(msg: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    """Print ``msg`` (literally: an error class in brackets is not Rich markup) and exit with ``code``."""
+    console.print(f"[red]error:[/red] {escape(msg)}")
     raise typer.Exit(code)
 
 

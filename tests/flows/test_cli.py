@@ -137,3 +137,26 @@ def test_the_prefect_api_url_setting_is_the_api_the_flows_use(env, flag, expecte
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_an_ingest_during_a_storage_outage_fails_instead_of_rejecting_every_row(tmp_path):
+    """The media's S3 endpoint is down (nothing listens on its port): that is a fatal storage error
+    (exit 1, naming the endpoint's failure), not a catalog of bad rows."""
+    import socket
+
+    with socket.socket() as s:             # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    videos = write_csv(tmp_path / "v.csv", ["video_id", "uri", "speaker_id"],
+                       [["a", "s3://media/a.mp4", "x"], ["b", "s3://media/b.mp4", "y"]])
+    root = tmp_path / "root"
+    with mock.patch.dict(os.environ, {"RESYNC_S3_RETRIES": "0"}):
+        r = runner.invoke(app, ["catalog", "ingest", "--root", str(root), "--videos", videos, "--allow-root", "s3://media",
+                                "--s3-endpoint-url", f"http://127.0.0.1:{port}"])
+    assert r.exit_code == 1, r.output
+    assert "storage_error" in r.output and "s3://media/" in r.output
+    from catalogs.delta import DeltaTables
+    from catalogs.schemas import REJECTS_TABLE
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+    assert DeltaTables(Storage(Settings(root=str(root)))).read(REJECTS_TABLE).num_rows == 0   # no row blamed
