@@ -7,6 +7,7 @@ document it in README.md.
 
 from __future__ import annotations
 
+import errno
 from enum import StrEnum
 
 
@@ -38,3 +39,18 @@ class ResyncError(Exception):
         self.reason = reason
         self.item = item
         super().__init__(f"{item}: {reason}" if item else reason)
+
+
+# OS errors that say the storage failed (a full or read-only disk, a quota, an I/O error), whatever
+# the item: they are storage_error, not bugs.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def classify(e: BaseException) -> ErrorClass:
+    """The class an item worker records for ``e``: its own for a ``ResyncError``, ``storage_error``
+    for an OS error of the storage (ENOSPC...), else ``internal``."""
+    if isinstance(e, ResyncError):
+        return e.error_class
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+        return ErrorClass.STORAGE_ERROR
+    return ErrorClass.INTERNAL

@@ -157,15 +157,21 @@ class Storage:
 
     @staticmethod
     def _atomic_local(uri: str, write) -> None:
+        """Write through a temporary name, then rename; a failing disk (full, read-only...) is a
+        ``storage_error`` naming the URI, like any other backend failure."""
         path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and e.filename != str(tmp):
+                raise                      # the source of a copy is missing: not the storage's fault
+            raise ResyncError(ErrorClass.STORAGE_ERROR, f"{type(e).__name__}: {e}", item=uri) from e
         finally:
             tmp.unlink(missing_ok=True)
 

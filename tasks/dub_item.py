@@ -2,8 +2,8 @@
 
 No orchestration here (no Prefect, no Ray): plain functions that take storage, settings and a job,
 never raise for a bad item, and return the row the shard commits. Errors we understand become their
-class (``ResyncError``); anything else is ``internal`` with the exception's text, so one bad item
-never fails its shard.
+class (``ResyncError``; an OS error of a full or failing disk is ``storage_error``); anything else is
+``internal`` with the exception's text, so one bad item never fails its shard.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from catalogs.errors import ErrorClass, ResyncError
+from catalogs.errors import ErrorClass, ResyncError, classify
 from catalogs.plan import PlannedItem
 from catalogs.settings import Settings
 from catalogs.storage import Storage
@@ -63,9 +63,9 @@ def track_item(storage: Storage, settings: Settings, video_uri: str, video_sha25
         return TrackOutcome(video_sha256, art, time.perf_counter() - t, reused)
     except ResyncError as e:
         return TrackOutcome(video_sha256, None, time.perf_counter() - t, error_class=str(e.error_class), error=e.reason)
-    except Exception as e:  # noqa: BLE001 - an unknown failure is recorded as internal, never raised
+    except Exception as e:  # noqa: BLE001 - an unknown failure is recorded (internal, or a full disk's storage_error), never raised
         log.error("tracking %s failed:\n%s", video_uri, traceback.format_exc())
-        return TrackOutcome(video_sha256, None, time.perf_counter() - t, error_class=str(ErrorClass.INTERNAL),
+        return TrackOutcome(video_sha256, None, time.perf_counter() - t, error_class=str(classify(e)),
                             error=f"{type(e).__name__}: {e}")
 
 
@@ -144,7 +144,7 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
                    stage_seconds={"total_s": time.perf_counter() - t0})
     except Exception as e:  # noqa: BLE001 - see the module docstring
         log.error("dubbing %s/%s failed:\n%s", it.video_id, it.language, traceback.format_exc())
-        return row(job, "failed", error_class=str(ErrorClass.INTERNAL), error=f"{type(e).__name__}: {e}",
+        return row(job, "failed", error_class=str(classify(e)), error=f"{type(e).__name__}: {e}",
                    stage_seconds={"total_s": time.perf_counter() - t0})
 
 

@@ -141,8 +141,10 @@ def mux_audio(video_path: str, audio_path: str | None, out_path: str, seconds: f
                 "-af", "apad", "-t", f"{seconds:.6f}"]
     cmd += ["-c:v", "copy", "-movflags", "+faststart", out_path]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ResyncError(ErrorClass.INTERNAL, f"ffmpeg mux failed: {proc.stderr.strip()[-400:]}")
+    if proc.returncode != 0:              # a full disk under the work folder is the storage's failure, not ours
+        full = "No space left on device" in proc.stderr
+        raise ResyncError(ErrorClass.STORAGE_ERROR if full else ErrorClass.INTERNAL,
+                          f"ffmpeg mux failed: {proc.stderr.strip()[-400:]}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ def test_local_write_is_atomic_when_the_writer_fails(tmp_path: Path):
         f.write(b"half of the new vers")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(ResyncError) as e:
         st._atomic_local(uri, failing)
+    assert e.value.error_class == ErrorClass.STORAGE_ERROR
     assert Path(uri).read_bytes() == b"complete old version"
     assert os.listdir(tmp_path) == ["out.mp4"]  # no temporary left behind
 
@@ -64,3 +65,33 @@ def test_unreachable_endpoint_is_a_storage_error():
     with pytest.raises(ResyncError) as e:
         st.read_bytes("s3://b/p/x")
     assert e.value.error_class == ErrorClass.STORAGE_ERROR and "s3://b/p/x" in str(e.value)
+
+
+def test_a_full_local_disk_is_a_storage_error(tiny_disk: Path):
+    """ENOSPC while publishing is the storage failing (storage_error, naming the URI), not a bug;
+    nothing half-written is left behind."""
+    st = Storage(Settings(root=str(tiny_disk / "root")))
+    uri = st.uri("outputs", "fr", "v", "key.mp4")
+    with pytest.raises(ResyncError) as e:
+        st.write_bytes(uri, os.urandom(1 << 20))
+    assert e.value.error_class == ErrorClass.STORAGE_ERROR and e.value.item == uri
+    assert "No space left" in e.value.reason
+    big = tiny_disk.parent / "big.bin"
+    big.write_bytes(os.urandom(1 << 20))
+    with pytest.raises(ResyncError) as e:
+        st.put_file(big, uri)
+    assert e.value.error_class == ErrorClass.STORAGE_ERROR
+    assert list(Path(uri).parent.iterdir()) == []
+
+
+def test_errors_of_a_full_disk_are_storage_errors():
+    """What the item workers record for an OSError: a full disk (a write to /dev/full fails with
+    ENOSPC for real) is storage_error; other failures stay internal."""
+    from catalogs.errors import classify
+
+    with pytest.raises(OSError) as e:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 10)
+    assert classify(e.value) == ErrorClass.STORAGE_ERROR
+    assert classify(ValueError("bug")) == ErrorClass.INTERNAL
+    assert classify(ResyncError(ErrorClass.NO_FACE, "none")) == ErrorClass.NO_FACE
