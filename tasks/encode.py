@@ -13,9 +13,16 @@ import numpy as np
 from catalogs.storage import Storage
 
 
+def pixel_format(width: int, height: int) -> str:
+    """yuv420p, which every player decodes, for even sizes; yuv444p (H.264 High 4:4:4) for an odd
+    width or height, which 4:2:0 cannot hold (its chroma, and H.264's frame cropping, come in pairs
+    of pixels): the output keeps the source's resolution rather than losing a row or column."""
+    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+
+
 def encode_h264(path: str, frames: Iterable[np.ndarray], fps: float, timestamps: np.ndarray | None = None,
                 crf: int = 20, preset: str = "veryfast") -> int:
-    """Encode RGB frames to a local MP4 file; returns the frame count.
+    """Encode RGB frames to a local MP4 file at their own size; returns the frame count.
 
     With ``timestamps`` (seconds, one per frame) every frame keeps its own presentation time, so a
     variable-frame-rate source stays variable; without, frames are spaced 1/fps apart.
@@ -28,12 +35,12 @@ def encode_h264(path: str, frames: Iterable[np.ndarray], fps: float, timestamps:
             if stream is None:
                 h, w = frame.shape[:2]
                 stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
-                stream.width, stream.height = w - w % 2, h - h % 2
-                stream.pix_fmt = "yuv420p"
+                stream.width, stream.height = w, h
+                stream.pix_fmt = pixel_format(w, h)
                 stream.time_base = tb
                 stream.codec_context.time_base = tb
                 stream.options = {"crf": str(crf), "preset": preset}
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             ts = float(timestamps[n]) if timestamps is not None else n / fps
             pts = max(int(round(ts / tb)), last_pts + 1)
             vf.pts, vf.time_base, last_pts = pts, tb, pts

@@ -128,3 +128,30 @@ def test_envelope_follows_real_timestamps():
     ts = np.array([0.0, 0.5, 0.9, 1.2, 1.5])  # variable frame durations
     env = envelope(Audio(x, sr), ts)
     assert env[0] == 0 and env[1] == 0 and env[3] == pytest.approx(0.5) and 0 < env[2] < 0.5
+
+
+def test_an_odd_frame_size_is_encoded_at_that_size(shared_data, tmp_path):
+    """853x481 (a 4:4:4 H.264 source, as FFmpeg scales it): the dub's encode and mux keep every row
+    and column (4:2:0 cannot hold an odd size, so such frames are encoded 4:4:4), and the last
+    column and row are the source's, not dropped."""
+    from tasks.encode import encode_h264
+    from tasks.lipsync import mux_audio
+
+    src = tmp_path / "odd.mp4"
+    subprocess.run(["ffmpeg", "-y", "-v", "error", "-i", str(shared_data / "videos" / "speaker_map_5s.mp4"), "-t", "1",
+                    "-vf", "scale=853:481", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-an", str(src)], check=True)
+    with VideoSource(STORAGE, str(src)) as video:
+        assert video.size == (853, 481)
+        frames = [f for chunk in video.chunks(16) for f in chunk.frames]
+        fps = video.fps
+    silent, out = tmp_path / "silent.mp4", tmp_path / "out.mp4"
+    assert encode_h264(str(silent), iter(frames), fps) == len(frames)
+    mux_audio(str(silent), None, str(out), len(frames) / fps)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+                            "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout.strip()
+    assert probe == "853,481"
+    with VideoSource(STORAGE, str(out)) as video:
+        assert video.size == (853, 481) and video.n_frames == len(frames)
+        again = video.frame(0).astype(float)
+    first = frames[0].astype(float)
+    assert np.abs(again[:, -1] - first[:, -1]).mean() < 4 and np.abs(again[-1] - first[-1]).mean() < 4
