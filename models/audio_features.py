@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 SAMPLE_RATE = 16_000
-MODEL_DIR_SETTING = "audio feature model dir (settings.asr_model_dir / RESYNC_ASR_MODEL_DIR)"
+MODEL_DIR_SETTING = "audio feature model dir (settings.audio_feature_model_dir / RESYNC_AUDIO_FEATURE_MODEL_DIR)"
 
 
 @runtime_checkable

@@ -45,7 +45,9 @@ def audio_features(settings: Settings, kind: str | None = None, skip_blocks: int
     """The configured extractor; raises ``model_error`` saying what to configure when it is missing.
     ``skip_blocks`` (Whisper only) overrides the setting, for a model trained at another depth."""
     kind = (kind or settings.audio_features).lower()
-    model_dir = settings.audio_feature_model_dir or settings.asr_model_dir
+    # Never the ASR model (asr_model_dir): a bigger Whisper for word error rates would change the
+    # features under every model trained on the bundled one.
+    model_dir = settings.audio_feature_model_dir
     options = {}
     if kind == "whisper":
         model_dir = model_dir or bundled_whisper_dir()

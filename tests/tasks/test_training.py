@@ -246,3 +246,18 @@ def test_a_budget_that_ends_before_the_first_evaluation_still_evaluates_its_last
     gen = train_generator(model.generator, model.discriminator, generator_data([c]),
                           GeneratorTraining(steps=1000, eval_every=1000, time_budget_s=0.0, batch=2, max_eval_frames=4))
     assert gen["steps"] == 1 and [e["step"] for e in gen["log"] if "val_lower_psnr" in e] == [1]
+
+
+def test_an_asr_model_does_not_change_the_audio_features(tmp_path):
+    """RESYNC_ASR_MODEL_DIR is for speech recognition (QA's word error rate): setting it (here to
+    another model's folder) leaves the audio features a model was trained on where they were,
+    instead of feeding the model another network's states and failing every dub."""
+    from catalogs.settings import Settings
+
+    asr = tmp_path / "whisper-small-ct2"
+    asr.mkdir()
+    plain = Settings(root=str(tmp_path / "root"))
+    with_asr = Settings(root=str(tmp_path / "root"), asr_model_dir=str(asr))
+    model = model_store.load_model(plain)
+    assert model_store.features_for(with_asr, model).name == model_store.features_for(plain, model).name \
+        == model.card.audio_features
