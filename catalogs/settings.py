@@ -83,7 +83,10 @@ class Settings(BaseSettings):
     actor_max_restarts: int = Field(3, ge=0, description="Restarts of a crashed actor before its pool replaces it.")
     item_retries: int = Field(2, ge=0, description="Retries of an item whose actor crashed mid-item (a committed item is never redone).")
     shard_retries: int = Field(2, ge=0, description="Prefect retries of a shard task that raised (e.g. the manifest commit failed).")
-    shard_timeout_s: float = Field(6 * 3600.0, gt=0, description="Prefect timeout of one shard task, seconds.")
+    shard_timeout_s: float = Field(6 * 3600.0, gt=0, description="Deadline of one shard, seconds: items not finished by "
+                                   "then fail (internal, retried by the next run) and the rest is committed.")
+    shard_commit_grace_s: float = Field(600.0, gt=0, description="The shard task's Prefect timeout is its deadline plus "
+                                        "this: a shard stuck past its commit fails (and is retried) instead of hanging the run.")
     shards_in_flight: int = Field(2, ge=1, description="Shard tasks running at once (they share the actor pools).")
     personalize_min_footage_s: float = Field(0.0, ge=0, description="Nightly runs first fine-tune a speaker model for "
                                              "every catalog speaker with at least this many seconds of footage and no model "

@@ -76,12 +76,20 @@ def dub_shard(settings: Settings, run_id: str, shard: Shard) -> ShardOutcome:
     return outcome
 
 
+def shard_task(settings: Settings):
+    """The shard task with its retries and its Prefect timeout: the shard's own deadline
+    (``shard_timeout_s``, after which unfinished items fail and the rest is committed) plus the
+    commit grace, so that only a shard stuck past its commit is timed out (and retried)."""
+    return dub_shard.with_options(retries=settings.shard_retries, retry_delay_seconds=5,
+                                  timeout_seconds=settings.shard_timeout_s + settings.shard_commit_grace_s)
+
+
 def dub_shards(settings: Settings, run_id: str, shards: list[Shard]) -> list[str]:
     """Submit every shard (at most ``shards_in_flight`` at a time); returns the ids of shards that failed."""
     if not shards:
         return []
     connect(settings)  # from the flow's main thread, before shard threads need the cluster
-    shard_task = dub_shard.with_options(retries=settings.shard_retries, retry_delay_seconds=5)
+    task = shard_task(settings)
     running: dict = {}          # future -> shard id
     failed: list[str] = []
 
@@ -94,7 +102,7 @@ def dub_shards(settings: Settings, run_id: str, shards: list[Shard]) -> list[str
     for shard in shards:
         while len(running) >= settings.shards_in_flight:
             collect(wait(list(running), timeout=1.0).done)
-        running[shard_task.submit(settings, run_id, shard)] = shard.shard_id
+        running[task.submit(settings, run_id, shard)] = shard.shard_id
     collect(wait(list(running)).done)
     return failed
 
