@@ -14,8 +14,11 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from catalogs.delta import DeltaTables
 from catalogs.errors import ErrorClass, ResyncError, classify
 from catalogs.plan import PlannedItem
+from catalogs.probe import probe_video
+from catalogs.schemas import DUBS_TABLE
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures
@@ -113,14 +116,14 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
     """Dub one item and publish its output; returns its manifest row (succeeded or failed).
 
     An output already published under this ``input_key`` (by an attempt that crashed before its
-    shard committed) is complete, since outputs are published atomically: it is reused, not redone.
+    shard committed) is complete, since outputs are published atomically: it is reused, not redone
+    (``reused_row``).
     """
     it = job.item
     t0 = time.perf_counter()
     try:
         if storage.exists(job.output_uri):
-            return row(job, "succeeded", output_sha256=storage.sha256(job.output_uri),
-                       stage_seconds={"reused_output_s": time.perf_counter() - t0})
+            return reused_row(storage, job, t0)
         model, features = models.get(job.model_uri)
         track, _, _ = track_cached(storage, settings, it.video_uri, it.video_sha256)
         t = time.perf_counter()
@@ -146,6 +149,24 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
         log.error("dubbing %s/%s failed:\n%s", it.video_id, it.language, traceback.format_exc())
         return row(job, "failed", error_class=str(classify(e)), error=f"{type(e).__name__}: {e}",
                    stage_seconds={"total_s": time.perf_counter() - t0})
+
+
+def reused_row(storage: Storage, job: ItemJob, t0: float) -> dict:
+    """The row of an output reused under its ``input_key``. Its QA metrics (video seconds included,
+    which the run's throughput counts) are those of a committed success of that key with the same
+    output hash, when another run committed one meanwhile; otherwise the attempt that made it never
+    recorded them: the output is probed for its frames and seconds, and ``qa_missing`` says the rest
+    was never measured, so the QA report sends it to review instead of passing it unseen."""
+    sha = storage.sha256(job.output_uri)
+    done = DeltaTables(storage).read(DUBS_TABLE, columns=["output_sha256", "qa", "created_at"],
+                                     filters=[("input_key", "=", job.item.input_key), ("status", "=", "succeeded")])
+    same = sorted((r for r in done.to_pylist() if r["output_sha256"] == sha and r["qa"]), key=lambda r: r["created_at"])
+    if same:
+        qa = dict(same[-1]["qa"])
+    else:
+        probe = probe_video(storage, job.output_uri)
+        qa = {"frames": float(probe.frame_count), "video_seconds": probe.duration_s, "qa_missing": 1.0}
+    return row(job, "succeeded", output_sha256=sha, stage_seconds={"reused_output_s": time.perf_counter() - t0}, qa=qa)
 
 
 def item_qa(storage: Storage, settings: Settings, item: PlannedItem, result: DubResult, track: TrackResult,

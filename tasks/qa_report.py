@@ -70,6 +70,8 @@ def qa_table(settings: Settings, attempts: pd.DataFrame) -> pd.DataFrame:
     for r in attempts.to_dict("records"):
         qa = dict(r.get("qa") or [])
         reasons = review_reasons(settings, qa) if r["status"] == "succeeded" else []
+        if r["status"] == "succeeded" and qa.get("qa_missing"):   # a reused output nobody measured
+            reasons.append("qa_missing: output reused from an attempt that never recorded its QA metrics")
         rows.append({"video_id": r["video_id"], "language": r["language"], "run_id": r["run_id"], "attempt": r["attempt"],
                      "status": r["status"], "error_class": r["error_class"], "error": r["error"],
                      "output_uri": r["output_uri"], "input_key": r["input_key"],

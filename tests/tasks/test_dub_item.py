@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from catalogs.delta import DeltaTables
 from catalogs.errors import ErrorClass
+from catalogs.manifest import DubManifest
+from catalogs.plan import PlannedItem
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from tasks.dub_item import track_item
+from tasks.dub_item import ItemJob, ModelCache, dub_item, output_uri, row, track_item
+from tasks.qa import review_reasons
+from tasks.qa_report import latest_attempts, qa_table
 
 
 def test_tracking_onto_a_full_disk_is_a_storage_error(tiny_disk: Path, shared_data: Path):
@@ -19,3 +26,47 @@ def test_tracking_onto_a_full_disk_is_a_storage_error(tiny_disk: Path, shared_da
     outcome = track_item(storage, settings, str(clip), storage.sha256(str(clip)))
     assert outcome.error_class == str(ErrorClass.STORAGE_ERROR), outcome
     assert "No space left" in outcome.error
+
+
+@pytest.fixture
+def reused(tmp_path: Path, shared_data: Path):
+    """An item whose output an earlier attempt published before its shard could commit (a real clip
+    stands for that output): (settings, storage, job, models)."""
+    clip = shared_data / "videos" / "speaker_map_5s.mp4"
+    settings = Settings(root=str(tmp_path / "root"), allowed_roots=[str(shared_data)])
+    storage = Storage(settings)
+    item = PlannedItem("map", "fr", "0123456789abcdef0123456789abcdef", 2, "man", str(clip),
+                       str(shared_data / "audio" / "french1.wav"), "base-v", None, storage.sha256(str(clip)))
+    job = ItemJob(item, "nightly-2", "shard-2", "bundled://base-cpu", output_uri(storage, item), "cpu")
+    storage.put_file(clip, job.output_uri)
+    return settings, storage, job, ModelCache(storage, settings)
+
+
+def test_a_reused_output_keeps_its_seconds_and_is_sent_to_review_for_its_missing_qa(reused):
+    """No row of the attempt that made the output landed, so its QA was never recorded: the reused
+    row counts the output's video seconds (the run's throughput) and says QA is missing, which the
+    QA report sends to review, instead of passing as a success with no metrics."""
+    settings, storage, job, models = reused
+    r = dub_item(storage, settings, job, models)
+    assert r["status"] == "succeeded" and r["output_sha256"] == storage.sha256(job.output_uri)
+    assert r["qa"]["video_seconds"] == pytest.approx(5.0, abs=0.1) and r["qa"]["frames"] == 125
+    assert r["qa"]["qa_missing"] == 1.0
+    manifest = DubManifest(DeltaTables(storage))
+    manifest.commit_shard(job.run_id, job.shard_id, [r])
+    table = qa_table(settings, latest_attempts(manifest, job.run_id))
+    assert table.needs_review.tolist() == [True] and "qa_missing" in table.review_reasons[0]
+    assert table.video_seconds[0] == pytest.approx(5.0, abs=0.1)
+
+
+def test_a_reused_output_carries_the_qa_of_its_committed_success(reused):
+    """Another run committed this input_key's success meanwhile: the reused row carries that row's
+    QA metrics (the same output, by its hash), so it is reviewed and counted as that one was."""
+    settings, storage, job, models = reused
+    measured = {"frames": 125.0, "video_seconds": 5.0, "face_coverage": 1.0, "av_offset_frames": 6.0, "av_confidence": 0.5}
+    other = ItemJob(job.item, "nightly-1", "shard-1", job.model_uri, job.output_uri, job.render_config)
+    DubManifest(DeltaTables(storage)).commit_shard("nightly-1", "shard-1", [
+        row(other, "succeeded", output_sha256=storage.sha256(job.output_uri), stage_seconds={"total_s": 80.0}, qa=measured)])
+    r = dub_item(storage, settings, job, models)
+    assert r["status"] == "succeeded" and r["qa"] == measured
+    assert set(r["stage_seconds"]) == {"reused_output_s"}        # this attempt's own time only
+    assert "av_offset_frames" in " ".join(review_reasons(settings, r["qa"]))
