@@ -57,13 +57,14 @@ TRANSIENT_ERRORS = frozenset({ErrorClass.STORAGE_ERROR, ErrorClass.INTERNAL, Err
 
 def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | None = None,
                retry_failed: bool = False, only: set[tuple[str, str]] | None = None,
-               max_attempts: int = 3) -> list[PlannedItem]:
+               max_attempts: int = 3, base_version: str | None = None) -> list[PlannedItem]:
     """Pending items, sorted by (video_id, language). Columnar reads, then one pass in Python.
 
     An ``input_key`` that already failed is planned again only when its failures were transient
     (storage, model, internal) and fewer than ``max_attempts``, or when ``retry_failed`` asks for it
     (reprocessing); a corrupt video is not re-decoded every night. ``only`` restricts the plan to
-    given (video_id, language) pairs.
+    given (video_id, language) pairs. ``base_version`` pins the base model (the flows pass the one
+    they dub with: ``RESYNC_MODEL_DIR``'s, or the newest of the render config); default the newest.
     """
     videos = tables.read(VIDEOS_TABLE, columns=["video_id", "uri", "speaker_id", "sha256"])
     requests = tables.read(REQUESTS_TABLE, columns=["video_id", "language", "audio_uri", "audio_sha256", "script"])
@@ -76,6 +77,7 @@ def plan_items(tables: DeltaTables, render_config: str, languages: list[str] | N
                                                "script")}
 
     base, speakers = ModelRegistry(tables).versions_by_speaker()
+    base = base_version or base
     dubs = tables.read(DUBS_TABLE, columns=["input_key", "status", "error_class"])
     done = set(pc.unique(dubs.filter(pc.equal(dubs["status"], "succeeded"))["input_key"]).to_pylist())
     counts = pc.value_counts(dubs["input_key"])

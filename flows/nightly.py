@@ -51,8 +51,9 @@ def plan(settings: Settings, run_id: str, languages: list[str] | None, limit: in
     """Pending items (only input keys without a success), in deterministic shards; records the run
     (with the speaker models it made first and what they cost)."""
     tables = DeltaTables(Storage(settings))
-    ensure_base_model(tables, settings)
-    items = plan_items(tables, settings.render_config, languages, max_attempts=settings.max_attempts)
+    base = ensure_base_model(tables, settings)
+    items = plan_items(tables, settings.render_config, languages, max_attempts=settings.max_attempts,
+                       base_version=base["version"])
     shards = plan_shards(items, settings, limit)
     RunLog(tables).start("nightly", {"languages": languages, "limit": limit, "shard_size": settings.shard_size,
                                      "render_config": settings.render_config, "personalized": personalized or []}, run_id)

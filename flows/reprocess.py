@@ -19,6 +19,7 @@ from catalogs.runs import RunLog, new_run_id
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from flows.dubbing import RunSummary, dub_shards, finish_run, flow_settings, notify, plan_shards
+from tasks.model_store import ensure_base_model
 
 
 def failed_items(manifest: DubManifest, run_id: str | None, error_class: str | None,
@@ -43,7 +44,9 @@ def plan_failed(settings: Settings, run_id: str, from_run: str | None, error_cla
     targets = failed_items(DubManifest(tables), from_run, error_class, language)
     if targets:
         CatalogIngest(storage).refresh(targets)
-    shards = plan_shards(plan_items(tables, settings.render_config, retry_failed=True, only=targets), settings, None)
+    base = ensure_base_model(tables, settings)
+    shards = plan_shards(plan_items(tables, settings.render_config, retry_failed=True, only=targets,
+                                    base_version=base["version"]), settings, None)
     RunLog(tables).start("reprocess", {"run": from_run, "error_class": error_class, "language": language}, run_id)
     get_run_logger().info("reprocessing %d failed items in %d shards", len(targets), len(shards))
     notify("planned", {"items": sum(len(s.items) for s in shards), "shards": len(shards)})

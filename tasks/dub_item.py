@@ -125,6 +125,9 @@ def dub_item(storage: Storage, settings: Settings, job: ItemJob, models: ModelCa
         if storage.exists(job.output_uri):
             return reused_row(storage, job, t0)
         model, features = models.get(job.model_uri)
+        if model.config.name != job.render_config:     # the row would claim a configuration that did not make it
+            raise ResyncError(ErrorClass.MODEL_ERROR, f"model {model.version} is a {model.config.name!r} model, not one "
+                              f"of the render config {job.render_config!r}", item=job.model_uri)
         track, _, _ = track_cached(storage, settings, it.video_uri, it.video_sha256)
         t = time.perf_counter()
         observer = OutputObserver(crop_matrices(track, QA_CROP, settings.crop_size), renderable(track)) \

@@ -10,6 +10,7 @@ network inputs it has never seen.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -131,28 +132,70 @@ def publish_model(storage: Storage, folder: str | os.PathLike, uri: str) -> None
         storage.put_file(folder / name, f"{uri.rstrip('/')}/{name}")
 
 
-def ensure_base_model(tables: DeltaTables, settings: Settings) -> dict:
-    """The newest registered base model; registers the configured (or bundled) one when the
-    registry has none, so that a fresh catalog can be dubbed at once. A bundled model that a new
-    release of this code replaced (or a local folder whose weights changed in place) is registered
-    again under its new version, so that the manifest never credits new dubs to the weights the
-    folder used to hold."""
-    registry = ModelRegistry(tables)
-    current = registry.latest(None)
-    folder = model_dir(settings)
-    if current is not None:
-        uri = current["uri"]
-        if is_s3(uri):                     # published by us, never changed in place
-            return current
-        folder = BUNDLED_BASE.parent / uri[len(BUNDLED_SCHEME):] if uri.startswith(BUNDLED_SCHEME) else Path(uri).expanduser()
-        if not folder.is_dir() or load_model(settings, folder).version == current["version"]:
-            return current
-    uri = f"{BUNDLED_SCHEME}{folder.name}" if folder.resolve().parent == BUNDLED_BASE.parent else str(folder.resolve())
-    model = load_model(settings, folder)
+def config_name(storage: Storage, uri: str) -> str:
+    """The configuration (``cpu``, ``full``) a registered checkpoint was built with, from its
+    config.json alone (no weights are read, nothing is downloaded but that file)."""
+    if uri.startswith(BUNDLED_SCHEME) or not is_s3(uri):
+        doc = (local_model_dir(storage, storage.settings, uri) / "config.json").read_text()
+    else:
+        doc = storage.read_bytes(f"{uri.rstrip('/')}/config.json").decode()
+    return json.loads(doc)["config"]["name"]
+
+
+def _register_base(registry: ModelRegistry, model: ReSyncer, uri: str) -> dict:
+    """The registry row of this base model's version, registering it first if it has none."""
+    rows = [r for r in registry.models() if r["speaker_id"] is None and r["kind"] == "bundle" and r["version"] == model.version]
+    if rows:
+        return rows[-1]
     registry.register(ModelRecord(model_id=f"base-{model.config.name}-{model.version}", kind="bundle",
                                   version=model.version, uri=uri, parent=model.card.parent,
                                   training_data=list(model.card.training_data or [])))
     return registry.latest(None)
+
+
+def _folder_uri(folder: Path) -> str:
+    return f"{BUNDLED_SCHEME}{folder.name}" if folder.resolve().parent == BUNDLED_BASE.parent else str(folder.resolve())
+
+
+def ensure_base_model(tables: DeltaTables, settings: Settings) -> dict:
+    """The base model this root dubs with (the flows pin it when planning), registered if need be.
+
+    ``RESYNC_MODEL_DIR`` when set, whatever else is registered; otherwise the newest registered base
+    of the render configuration (``RESYNC_RENDER_CONFIG``), else the bundled base when it is of that
+    configuration. A model of another configuration is never used under this one's name (the rows
+    would say ``full`` of a ``cpu`` dub): without one, ``model_error`` says how to get one. A
+    bundled model that a new release of this code replaced (or a local folder whose weights changed
+    in place) is registered again under its new version, so that the manifest never credits new
+    dubs to the weights the folder used to hold."""
+    registry = ModelRegistry(tables)
+    wanted = settings.render_config
+    if settings.model_dir:
+        folder = model_dir(settings)
+        model = load_model(settings, folder)
+        if model.config.name != wanted:
+            raise ResyncError(ErrorClass.MODEL_ERROR, f"RESYNC_MODEL_DIR {folder} holds a {model.config.name!r} model, "
+                              f"but the render config (RESYNC_RENDER_CONFIG) is {wanted!r}")
+        return _register_base(registry, model, _folder_uri(folder))
+    bases = [r for r in registry.models() if r["kind"] == "bundle" and r["speaker_id"] is None]
+    for current in reversed(bases):                    # newest first
+        uri = current["uri"]
+        if is_s3(uri):                                 # published by us, never changed in place
+            if config_name(tables.storage, uri) == wanted:
+                return current
+            continue
+        folder = local_model_dir(tables.storage, settings, uri)
+        if not folder.is_dir():
+            continue
+        if config_name(tables.storage, uri) != wanted:
+            continue
+        model = load_model(settings, folder)
+        return current if model.version == current["version"] else _register_base(registry, model, _folder_uri(folder))
+    if config_name(tables.storage, f"{BUNDLED_SCHEME}{BUNDLED_BASE.name}") != wanted:
+        raise ResyncError(ErrorClass.MODEL_ERROR, f"no base model of the render config {wanted!r} is registered or bundled "
+                          f"(the bundled base is {config_name(tables.storage, BUNDLED_SCHEME + BUNDLED_BASE.name)!r}): "
+                          f"train one (RESYNC_RENDER_CONFIG={wanted} resync run train --fresh, or resync model train-base "
+                          f"--config {wanted}) and register it or name it in RESYNC_MODEL_DIR")
+    return _register_base(registry, load_model(settings, BUNDLED_BASE), _folder_uri(BUNDLED_BASE))
 
 
 def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
@@ -169,4 +212,4 @@ def features_for(settings: Settings, model: ReSyncer) -> AudioFeatures:
 
 __all__ = ["BUNDLED_BASE", "bundled_whisper_dir", "audio_features", "feature_kind", "whisper_skip_blocks", "feature_cache",
            "load_model", "features_for",
-           "model_dir", "local_model_dir", "publish_model", "ensure_base_model"]
+           "model_dir", "local_model_dir", "publish_model", "ensure_base_model", "config_name"]

@@ -84,6 +84,18 @@ def test_a_new_speaker_model_replans_that_speaker(catalog: DeltaTables):
     assert all(i.speaker_model_version == "v-man-1" for i in again)
 
 
+def test_a_pinned_base_plans_with_that_base_not_the_newest(catalog: DeltaTables):
+    """The flows pin the base they dub with (RESYNC_MODEL_DIR, or the newest of the render config):
+    items are keyed and recorded with it, whatever base was registered last."""
+    registry = ModelRegistry(catalog)
+    registry.register(ModelRecord("base-cpu-a", "bundle", "v-a", "/models/a"))
+    registry.register(ModelRecord("base-full-b", "bundle", "v-b", "/models/b"))
+    newest = plan_items(catalog, "cpu")
+    pinned = plan_items(catalog, "cpu", base_version="v-a")
+    assert {i.base_model_version for i in newest} == {"v-b"} and {i.base_model_version for i in pinned} == {"v-a"}
+    assert not {i.input_key for i in newest} & {i.input_key for i in pinned}
+
+
 def test_speakers_due_a_model_of_their_own(catalog: DeltaTables):
     """man has 15 s of footage (two videos), woman 5 s: with a 10-s minimum only man is due, until he
     has a model from the current base; a new base makes him due again; 0 turns it off."""

@@ -70,3 +70,18 @@ def test_a_reused_output_carries_the_qa_of_its_committed_success(reused):
     assert r["status"] == "succeeded" and r["qa"] == measured
     assert set(r["stage_seconds"]) == {"reused_output_s"}        # this attempt's own time only
     assert "av_offset_frames" in " ".join(review_reasons(settings, r["qa"]))
+
+
+def test_an_item_is_not_dubbed_with_a_model_of_another_render_config(tmp_path: Path, shared_data: Path):
+    """A job of the ``full`` render config handed the bundled ``cpu`` base fails as model_error,
+    instead of a ``cpu`` dub recorded as ``full``."""
+    clip = shared_data / "videos" / "speaker_map_5s.mp4"
+    settings = Settings(root=str(tmp_path / "root"), allowed_roots=[str(shared_data)])
+    storage = Storage(settings)
+    item = PlannedItem("map", "fr", "fedcba9876543210fedcba9876543210", 1, "man", str(clip),
+                       str(shared_data / "audio" / "french1.wav"), "base-v", None, storage.sha256(str(clip)))
+    job = ItemJob(item, "nightly-1", "shard-1", "bundled://base-cpu", output_uri(storage, item), "full")
+    r = dub_item(storage, settings, job, ModelCache(storage, settings))
+    assert (r["status"], r["error_class"], r["render_config"]) == ("failed", "model_error", "full")
+    assert "'cpu'" in r["error"] and "'full'" in r["error"]
+    assert not storage.exists(job.output_uri)

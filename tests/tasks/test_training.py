@@ -261,3 +261,49 @@ def test_an_asr_model_does_not_change_the_audio_features(tmp_path):
     model = model_store.load_model(plain)
     assert model_store.features_for(with_asr, model).name == model_store.features_for(plain, model).name \
         == model.card.audio_features
+
+
+def test_the_base_model_is_of_the_render_config_or_none_is_used(tmp_path):
+    """RESYNC_RENDER_CONFIG picks the configuration of the base that dubs: with no model of that
+    configuration registered or bundled (only the cpu base ships), the run is refused with a
+    model_error saying how to get one, and nothing is registered under the wrong name."""
+    from catalogs.delta import DeltaTables
+    from catalogs.errors import ErrorClass, ResyncError
+    from catalogs.registry import ModelRegistry
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+
+    full = Settings(root=str(tmp_path / "root"), render_config="full")
+    tables = DeltaTables(Storage(full))
+    with pytest.raises(ResyncError) as e:
+        model_store.ensure_base_model(tables, full)
+    assert e.value.error_class == ErrorClass.MODEL_ERROR and "'full'" in e.value.reason and "train" in e.value.reason
+    assert ModelRegistry(tables).models() == []
+    # the cpu base serves the cpu config; a full run is still refused, not dubbed with it
+    cpu = Settings(root=str(tmp_path / "root"))
+    assert model_store.ensure_base_model(tables, cpu)["uri"] == f"{model_store.BUNDLED_SCHEME}base-cpu"
+    with pytest.raises(ResyncError, match="'full'"):
+        model_store.ensure_base_model(tables, full)
+
+
+def test_the_configured_model_dir_is_the_base_even_once_another_is_registered(tmp_path):
+    """RESYNC_MODEL_DIR names the base to dub with: a root that already registered the bundled base
+    switches to the configured folder's model (registered under its version), and plans with it."""
+    from catalogs.delta import DeltaTables
+    from catalogs.plan import plan_items
+    from catalogs.registry import ModelRegistry
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+
+    plain = Settings(root=str(tmp_path / "root"))
+    tables = DeltaTables(Storage(plain))
+    bundled = model_store.ensure_base_model(tables, plain)["version"]
+    mine = ReSyncer.load(model_store.BUNDLED_BASE)
+    with torch.no_grad():
+        mine.generator.to_rgb1.bias += 0.01
+    version = mine.save(tmp_path / "my-base", include_discriminator=False)
+    configured = Settings(root=str(tmp_path / "root"), model_dir=str(tmp_path / "my-base"))
+    base = model_store.ensure_base_model(tables, configured)
+    assert base["version"] == version != bundled and base["uri"] == str((tmp_path / "my-base").resolve())
+    assert model_store.ensure_base_model(tables, configured)["version"] == version      # registered once
+    assert len([m for m in ModelRegistry(tables).models() if m["version"] == version]) == 1
