@@ -27,6 +27,9 @@ def qa_report(root: str | None = None, run: str | None = None, compare: str | No
     settings = flow_settings(root=root)
     storage = Storage(settings)
     runs = RunLog(DeltaTables(storage))
+    for asked in (run, compare):          # a typo would report on nothing and pass (deployments skip the CLI's check)
+        if asked and runs.get(asked) is None:
+            raise KeyError(f"run {asked!r} is not in manifests/runs")
     run_id = runs.start("qa", {"run": run, "compare": compare}, new_run_id("qa"))
     output = output or storage.uri("reports", f"{run_id}.html")
     report = build(settings, output, run, compare)

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from catalogs.delta import DeltaTables
+from catalogs.errors import ErrorClass
 from catalogs.ingest import CatalogIngest
 from catalogs.manifest import DubManifest
 from catalogs.plan import Shard, plan_items
@@ -59,6 +60,10 @@ def reprocess_failed(root: str | None = None, run: str | None = None, error_clas
     """Re-dub the items whose latest attempt failed (optionally only those of one run, class or language)."""
     started = time.monotonic()
     settings = flow_settings(root=root, ray_address=ray_address)
+    if error_class is not None and error_class not in {str(c) for c in ErrorClass}:
+        raise ValueError(f"unknown error class {error_class!r}; the classes are: {', '.join(str(c) for c in ErrorClass)}")
+    if run and RunLog(DeltaTables(Storage(settings))).get(run) is None:
+        raise KeyError(f"run {run!r} is not in manifests/runs")
     run_id = new_run_id("reprocess")
     shards = plan_failed(settings, run_id, run, error_class, language)
     failed_shards = dub_shards(settings, run_id, shards)

@@ -15,3 +15,27 @@ def test_a_shard_task_has_the_prefect_timeout_of_its_setting():
     task = shard_task(settings)
     assert task.timeout_seconds == 150
     assert task.retries == 4 and task.fn is dub_shard.fn
+
+
+def test_flows_refuse_an_unknown_run_or_error_class(tmp_path):
+    """Deployments call the flows without the CLI's checks: a typo there must fail the flow run,
+    not report on nothing (checked on the flows' own functions, before any Prefect task)."""
+    import pytest
+
+    from catalogs.delta import DeltaTables
+    from catalogs.runs import RunLog
+    from catalogs.storage import Storage
+    from flows.qa import qa_report
+    from flows.reprocess import reprocess_failed
+
+    root = str(tmp_path / "root")
+    RunLog(DeltaTables(Storage(Settings(root=root)))).start("nightly", {}, "nightly-known")
+    with pytest.raises(KeyError, match="'typo'"):
+        qa_report.fn(root=root, run="typo")
+    with pytest.raises(KeyError, match="'typo'"):
+        qa_report.fn(root=root, run="nightly-known", compare="typo")
+    with pytest.raises(ValueError, match="error class 'typo'"):
+        reprocess_failed.fn(root=root, error_class="typo")
+    with pytest.raises(KeyError, match="'typo'"):
+        reprocess_failed.fn(root=root, run="typo")
+    assert [r["run_id"] for r in RunLog(DeltaTables(Storage(Settings(root=root)))).all()] == ["nightly-known"]
