@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -107,9 +108,33 @@ def session_members(sid: int) -> list[int]:
     return found
 
 
-def _node_ports() -> list[str]:
-    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+# Fixed ports come from below the kernel's ephemeral range (ip_local_port_range, 32768+ on Linux) and
+# above Ray's worker ports (10002-19999) and Ray Client's per-driver servers (23000-23999): a port
+# picked free here cannot then be taken by a server that asks for port 0 (Ray starts many) before
+# the node that was given it binds it.
+PORT_RANGE = (24000, 32768)
+
+
+def pick_ports(n: int, taken: set[int]) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now, none of them in ``taken`` (which they join)."""
+    found: list[int] = []
+    while len(found) < n:
+        port = random.randrange(*PORT_RANGE)
+        if port in taken:
+            continue
+        try:
+            free_port(port)
+        except OSError:
+            continue
+        taken.add(port)
+        found.append(port)
+    return found
+
+
+def _node_ports(taken: set[int]) -> list[str]:
+    listen, grpc, runtime_env, metrics = pick_ports(4, taken)
+    return ["--dashboard-agent-listen-port", str(listen), "--dashboard-agent-grpc-port", str(grpc),
+            "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics)]
 
 
 def _start_node(args: list[str], env: dict[str, str], log_path: Path, resources: dict[str, float],
@@ -147,23 +172,24 @@ def start_ray_cluster(folder: Path | None = None, *, head_cpus: float = 1, head_
     base = {k: v for k, v in (env or os.environ).items()
             if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
     base.update(RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0")
-    gcs_port, client_port = free_port(), free_port()
+    taken: set[int] = set()
+    gcs_port, client_port, dashboard_port = pick_ports(3, taken)
     memory = ["--object-store-memory", str(object_store_mb * 1024 * 1024)]
     cluster = RayCluster(folder, token_path, gcs_port, client_port)
     head_env = {**base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # keeps the head's servers on 127.0.0.1
     try:
         cluster.nodes.append(_start_node(
             ["--head", "--node-ip-address", HOST, "--port", str(gcs_port), "--ray-client-server-port", str(client_port),
-             "--include-dashboard", "false", "--dashboard-port", str(free_port()), "--temp-dir", str(folder / "t"),
+             "--include-dashboard", "false", "--dashboard-port", str(dashboard_port), "--temp-dir", str(folder / "t"),
              "--num-cpus", f"{head_cpus:g}", "--num-gpus", "0", "--resources", json.dumps(head_resources or {}),
-             *memory, *_node_ports()],
+             *memory, *_node_ports(taken)],
             head_env, folder / "head.log", head_resources or {}, timeout))
         worker_env = {**base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "GRPC_DNS_RESOLVER": "native",
                       "RAY_AUTH_MODE": "token"}
         for i, resources in enumerate(workers or []):
             cluster.nodes.append(_start_node(
                 ["--address", f"127.1:{gcs_port}", "--num-cpus", f"{worker_cpus:g}", "--num-gpus", "0",
-                 "--resources", json.dumps(resources), *memory, *_node_ports()],
+                 "--resources", json.dumps(resources), *memory, *_node_ports(taken)],
                 worker_env, folder / f"worker-{i}.log", resources, timeout))
     except BaseException:
         cluster.stop()

@@ -24,7 +24,7 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from infra.dev.local_service import free_port
 from infra.dev.ray_cluster import RayCluster, session_members, start_ray_cluster
-from tests.conftest import REPO
+from tests.conftest import REPO, run_ffmpeg
 from tests.flows.test_orchestration import World
 
 pytestmark = [pytest.mark.media, pytest.mark.s3]
@@ -59,6 +59,7 @@ def world(cluster: RayCluster, shared_data: Path, s3_endpoint: str, tmp_path_fac
                 "RESYNC_ROOT": settings.root, "RESYNC_S3_ENDPOINT_URL": s3_endpoint,
                 "RESYNC_ALLOWED_ROOTS": json.dumps([media]), "RESYNC_FEATURE_CACHE_DIR": str(local / "cache"),
                 "HOME": str(local / "home"),   # no ~/.ray/auth_token: the token comes only from what a test gives
+                "RESYNC_QA_METRICS": "false",   # re-tracking the output: quality, which other tests check
                 "RESYNC_TRACKING_ACTOR_RESOURCES": json.dumps(TRACKING),
                 "RESYNC_DUBBING_ACTOR_RESOURCES": json.dumps(DUBBING)})
     (local / "home").mkdir()
@@ -74,8 +75,11 @@ def resync(world: World, *args: str, env: dict[str, str], timeout: float = 300) 
 
 def test_nightly_run_joins_a_token_auth_cluster_and_places_actors_on_both_nodes(cluster: RayCluster, world: World):
     w = world
-    video = w.put(w.shared / "videos" / "speaker_map_5s.mp4", "speaker_map_5s.mp4")
-    audio = w.put(w.shared / "audio" / "french1.wav", "french1.wav")
+    # 2.5 s of a real clip and of a real translation: the test is about where the work runs
+    run_ffmpeg("-i", str(w.shared / "videos" / "speaker_map_5s.mp4"), "-t", "2.5", "-c:v", "libx264", "-preset",
+               "veryfast", "-c:a", "aac", str(w.local / "map.mp4"))
+    run_ffmpeg("-i", str(w.shared / "audio" / "french1.wav"), "-t", "2.5", str(w.local / "fr.wav"))
+    video, audio = w.put(w.local / "map.mp4", "map.mp4"), w.put(w.local / "fr.wav", "fr.wav")
     w.ingest([("map", video, "man")], [("map", "fr", audio)])
 
     proc, seconds = resync(w, "run", "nightly", "--ray-address", cluster.address, "--json", env=cluster.client_env())
