@@ -11,8 +11,10 @@ else. Fast: it reads source and installed metadata, it installs nothing.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib.metadata as md
 import re
+import subprocess
 import sys
 import tomllib
 from functools import cache
@@ -166,3 +168,20 @@ def test_the_lock_is_exactly_the_closure_of_the_declared_dependencies():
     unreached = set(pins) - set(reached)
     assert not problems, "\n".join(problems)
     assert not unreached, f"locked but required by nothing declared: {sorted(unreached)}"
+
+
+# Tracked files inside the packages that only deployments use (image, bootstrap, cluster configs).
+DEPLOY_ONLY = {"infra/Dockerfile", "infra/bootstrap.sh", "infra/ray/*.yaml"}
+
+
+def test_every_data_file_the_package_carries_is_in_the_wheel():
+    """A non-Python file tracked under flows/ tasks/ models/ catalogs/ infra/ is read by the code
+    (the bundled base, the face mesh's triangles...), so package-data must ship it, or the wheel
+    that `pip install .` builds fails where the checkout works; deploy-only files are listed."""
+    tracked = subprocess.run(["git", "ls-files", *PACKAGES], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
+    shipped = {f"{pkg}/{pattern}" for pkg, patterns in data.items() for pattern in patterns}
+    left_out = [f for f in tracked if not f.endswith(".py")
+                and not any(fnmatch.fnmatch(f, p) for p in shipped | DEPLOY_ONLY)]
+    assert not left_out, f"tracked beside the code but not in [tool.setuptools.package-data]: {left_out}"
