@@ -26,6 +26,7 @@ from infra.dev.local_service import free_port
 from infra.dev.ray_cluster import RayCluster, session_members, start_ray_cluster
 from tests.conftest import REPO, run_ffmpeg
 from tests.flows.test_orchestration import World
+from tests.infra.test_configs import listening_addresses
 
 pytestmark = [pytest.mark.media, pytest.mark.s3]
 
@@ -96,6 +97,9 @@ def test_nightly_run_joins_a_token_auth_cluster_and_places_actors_on_both_nodes(
     assert cluster.token_path.read_text() not in proc.stdout + proc.stderr
     row = w.manifest.latest().iloc[0]
     assert row["status"] == "succeeded" and w.storage.exists(row["output_uri"])
+    # both nodes, and everything they started, listen on 127.0.0.1 only
+    hosts = {host for node in cluster.nodes for host, _ in listening_addresses(node.process.pid)}
+    assert hosts and hosts <= {"127.0.0.1", "::ffff:127.0.0.1"}, hosts
 
 
 @pytest.mark.parametrize("case", ["wrong token", "no token", "unreachable"])
