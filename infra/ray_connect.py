@@ -78,15 +78,17 @@ def configure_auth(settings: Settings) -> tuple[str, str]:
             f"or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in {DEFAULT_TOKEN_PATH}")
     os.environ["RAY_AUTH_MODE"] = mode
     if mode == "token":
-        # Ray's token loader reads these variables itself; set them only when the token came from
-        # elsewhere (a Settings value), so that what Ray sends is what was decided here.
+        # Ray's token loader reads these variables itself, in this order: leave it exactly the
+        # source chosen here (a Settings value may differ from the environment; a blank
+        # RAY_AUTH_TOKEN would shadow the file).
         if source == "RAY_AUTH_TOKEN":
-            if os.environ.get("RAY_AUTH_TOKEN", "").strip() != token:
-                os.environ["RAY_AUTH_TOKEN"] = token
+            os.environ["RAY_AUTH_TOKEN"] = token
         else:
-            os.environ.pop("RAY_AUTH_TOKEN", None)          # blank: Ray would read it before the file
+            os.environ.pop("RAY_AUTH_TOKEN", None)
             if source.startswith("RAY_AUTH_TOKEN_PATH="):
                 os.environ["RAY_AUTH_TOKEN_PATH"] = source.split("=", 1)[1]
+            else:
+                os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")                              # re-read RAY_AUTH_MODE (Ray caches it)
