@@ -8,8 +8,9 @@ flags (the CLI builds a ``Settings`` with the flag values as keyword overrides).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +71,25 @@ class Settings(BaseSettings):
 
     # --- orchestration -------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")
+    ray_auth_mode: Literal["auto", "token", "disabled"] = Field(
+        "auto", validation_alias=AliasChoices("RESYNC_RAY_AUTH_MODE", "RAY_AUTH_MODE"),
+        description="Token authentication when joining ray_address: token, disabled, or auto = send a token whenever one "
+        "is found, since `ray start` turns authentication on whenever a token exists (Ray Client itself sends none "
+        "unless RAY_AUTH_MODE=token, and the server then rejects it).")
+    ray_auth_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RESYNC_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN"),
+        description="The cluster's token (never logged); else read from ray_auth_token_path, else ~/.ray/auth_token.")
+    ray_auth_token_path: str | None = Field(
+        None, validation_alias=AliasChoices("RESYNC_RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN_PATH"),
+        description="File holding the cluster's token (Ray's RAY_AUTH_TOKEN_PATH); None: ~/.ray/auth_token.")
+    ray_connect_timeout_s: float = Field(10.0, gt=0, description="Seconds joining ray_address may take before the run "
+                                         "fails, naming the cause (unreachable, not a Ray Client server, token rejected).")
+    tracking_actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every tracking actor asks for (JSON), to place the pool "
+        "on the nodes that offer them (`ray start --resources`), e.g. {\"resync_tracking\": 1}.")
+    dubbing_actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every dubbing actor asks for (JSON), e.g. "
+        "{\"resync_dubbing\": 1} to keep dubbing on the node group started with that resource.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray cluster; None: all of this machine's.")
     ray_temp_dir: str | None = Field(None, description="Session folder of the embedded Ray cluster; None: .work/ray in the code checkout "
                                      "(short, so Ray's socket paths fit).")
@@ -154,6 +174,12 @@ class Settings(BaseSettings):
     # --- output --------------------------------------------------------------------------
     output_crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of dubbed videos (lower = better).")
     output_preset: str = Field("veryfast", description="x264 preset of dubbed videos (speed vs size).")
+
+    @field_validator("ray_auth_mode", mode="before")
+    @classmethod
+    def _lower_auth_mode(cls, value: object) -> object:
+        """Ray reads RAY_AUTH_MODE case-insensitively; so do we."""
+        return value.lower() if isinstance(value, str) else value
 
     def all_allowed_roots(self) -> list[str]:
         """The configured roots plus the storage root, each normalised."""

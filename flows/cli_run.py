@@ -48,6 +48,14 @@ def _environment(root: str | None, allow_root: list[str] | None, s3_endpoint_url
     if settings.prefect_api_url:          # Prefect reads its API URL when first imported: after this
         os.environ["PREFECT_API_URL"] = settings.prefect_api_url
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if settings.ray_address:
+        # Before the flow starts: a wrong address or token then costs seconds, not a planned run.
+        from infra.ray_connect import ClusterConnectionError, check_cluster
+
+        try:
+            check_cluster(settings)
+        except ClusterConnectionError as e:
+            fail(str(e))
     return settings
 
 

@@ -26,7 +26,7 @@ from catalogs.runs import RunLog
 from catalogs.schemas import DUBS_TABLE
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from infra.ray_pools import connect, pools_for
+from infra.ray_pools import connect, pool_placements, pools_for
 from infra.shards import ShardOutcome, process_shard
 
 # The CLI listens here to drive its progress bar (flows run in its process): ("planned", {"items": n})
@@ -58,6 +58,8 @@ class RunSummary:
     failures: dict[str, int] = field(default_factory=dict)
     failed_shards: list[str] = field(default_factory=list)
     manifest_version: int | None = None
+    # Where the actor pools ran at the end of the run: pool, Ray node id and address, pid, resources.
+    actors: list[dict] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -126,7 +128,10 @@ def finish_run(settings: Settings, kind: str, run_id: str, planned: int, failed_
                           status["skipped"])
     summary = RunSummary(run_id, kind, "succeeded" if ok else "failed", planned, status["succeeded"], status["failed"],
                          status["skipped"], time.monotonic() - started, seconds, dict(failures), failed_shards,
-                         tables.open(DUBS_TABLE).version())
+                         tables.open(DUBS_TABLE).version(), pool_placements(settings))
+    for a in summary.actors:
+        get_run_logger().info("%s actor pid %s ran on Ray node %s (%s) with %s", a["pool"], a["pid"], a["node_id"],
+                              a["node_ip"], a["resources"])
     create_markdown_artifact(run_report(summary, settings, tables, run_id), key=f"{kind}-run",
                              description=f"resync {kind} run {run_id}")
     return summary
@@ -143,6 +148,10 @@ def run_report(summary: RunSummary, settings: Settings, tables: DeltaTables, run
              f"{summary.video_seconds:.1f} | {summary.realtime_factor:.2f} |", "",
              f"Manifest: `{tables.uri(DUBS_TABLE)}` (version {summary.manifest_version}); "
              f"outputs under `{Storage(settings).uri('outputs')}`."]
+    if summary.actors:
+        lines += ["", "## Actors", "", "| pool | Ray node | address | pid | resources |", "|---|---|---|---|---|"]
+        lines += [f"| {a['pool']} | `{a['node_id'][:12]}` | {a['node_ip']} | {a['pid']} | "
+                  f"{', '.join(f'{k}={v:g}' for k, v in sorted(a['resources'].items()))} |" for a in summary.actors]
     if summary.failed_shards:
         lines += ["", f"**Shards that failed after retries** (their items stay pending): {', '.join(summary.failed_shards)}"]
     if summary.failures:

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from catalogs.settings import Settings
 from catalogs.storage import Storage
+from infra.ray_connect import join
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+SECRET_FIELDS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "ray_auth_token"}
 
 
 def worker_settings(settings: Settings) -> dict:
@@ -43,7 +44,7 @@ def connect(settings: Settings) -> None:
     if ray.is_initialized():
         return
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace="resync", logging_level=logging.WARNING)
+        join(settings)      # token auth as the cluster wants it; fails in seconds, naming the cause
         return
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # single node: else Ray binds the public address
     temp = Path(settings.ray_temp_dir or REPO / ".work" / "ray").resolve()
@@ -55,6 +56,13 @@ def connect(settings: Settings) -> None:
 
 def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def placement() -> dict:
+    """Where the calling actor runs: node id and address, pid, and the resources Ray gave it."""
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "resources": {k: round(v, 4) for k, v in ctx.get_assigned_resources().items()}}
 
 
 class TrackingWorker:
@@ -71,6 +79,9 @@ class TrackingWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> dict:
+        return placement()
 
 
 class DubbingWorker:
@@ -101,6 +112,9 @@ class DubbingWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def placement(self) -> dict:
+        return placement()
 
 
 @dataclass
@@ -175,6 +189,10 @@ class ActorPool:
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self.actors])
 
+    def placements(self, timeout: float = 60.0) -> list[dict]:
+        """Where each actor of the pool runs now (see :func:`placement`)."""
+        return ray.get([a.placement.remote() for a in self.actors], timeout=timeout)
+
     def broadcast(self, method: str, *args: Any) -> list:
         """Call ``actor.method(*args)`` on every actor without waiting (an actor runs its calls in
         order, so later work waits behind it); returns the object refs."""
@@ -199,11 +217,13 @@ def make_pools(settings: Settings) -> Pools:
     """Create both pools; the dubbing actors ask for GPUs when the cluster has them."""
     ws = worker_settings(settings)
     common = {"max_restarts": settings.actor_max_restarts, "max_task_retries": settings.item_retries}
-    tracker = ray.remote(TrackingWorker).options(num_cpus=settings.tracking_actor_cpus, **common)
+    tracker = ray.remote(TrackingWorker).options(num_cpus=settings.tracking_actor_cpus,
+                                                 resources=settings.tracking_actor_resources or None, **common)
+    dubbing = {"resources": settings.dubbing_actor_resources or None, **common}
     if cluster_has_gpus():
-        dubber = ray.remote(DubbingWorker).options(num_cpus=0.5, num_gpus=settings.dubbing_actor_gpus, **common)
+        dubber = ray.remote(DubbingWorker).options(num_cpus=0.5, num_gpus=settings.dubbing_actor_gpus, **dubbing)
     else:
-        dubber = ray.remote(DubbingWorker).options(num_cpus=settings.dubbing_actor_cpus, **common)
+        dubber = ray.remote(DubbingWorker).options(num_cpus=settings.dubbing_actor_cpus, **dubbing)
     return Pools(ActorPool(lambda: tracker.remote(ws), settings.tracking_actors),
                  ActorPool(lambda: dubber.remote(ws, settings.dubbing_threads), settings.dubbing_actors))
 
@@ -217,6 +237,22 @@ def pools_for(settings: Settings) -> Pools:
             connect(settings)
             _pools[key] = make_pools(settings)
         return _pools[key]
+
+
+def pool_placements(settings: Settings) -> list[dict]:
+    """Where the actors of this process's pools for ``settings`` run (empty when none were made):
+    one entry per actor with its pool's name, for the run summary and report."""
+    with _pools_lock:
+        pools = _pools.get(settings.model_dump_json(exclude=SECRET_FIELDS))
+    if pools is None:
+        return []
+    found = []
+    for name, pool in (("tracking", pools.tracking), ("dubbing", pools.dubbing)):
+        try:
+            found += [{"pool": name, **p} for p in pool.placements()]
+        except (RayActorError, GetTimeoutError) as e:
+            log.warning("could not ask the %s pool where it runs: %s", name, e)
+    return found
 
 
 def shutdown() -> None:

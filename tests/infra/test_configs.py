@@ -86,6 +86,9 @@ def test_cluster_launcher_config_is_valid_and_has_a_gpu_group():
     assert types["head"]["resources"] == {"CPU": 0}
     assert config["docker"]["image"] == "resync:latest"
     assert "-e RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1" in config["docker"]["run_options"]
+    # token auth on every node, the token copied from the launching machine to Ray's default path
+    assert "-e RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     head_start = " ".join(config["head_start_ray_commands"])
     for flag in ("--head", "--port=6379", "--ray-client-server-port=10001", "--dashboard-host=127.0.0.1",
                  "--autoscaling-config=~/ray_bootstrap_config.yaml"):
@@ -109,6 +112,8 @@ def test_kuberay_cluster_has_a_gpu_group_and_takes_credentials_from_the_secret()
             assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]["value"] == "1"
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "resync-s3", "key": key}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "resync-ray-auth", "key": "auth_token"}
 
 
 def literal_credentials(node: Any, key: str = "") -> Iterator[str]:
@@ -132,7 +137,12 @@ def test_no_literal_credentials(path: Path):
     # NAME=value or NAME: value, unless the value is a shell reference ("$VAR").
     assert not re.search(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)\s*[=:]\s*(?![\"']?\$)[^\s{}]", text)
     if path.suffix == ".yaml":
-        assert list(literal_credentials(load(path))) == []
+        config = load(path)
+        # The launcher's file_mounts map paths to paths (remote: local), never contents: the token
+        # file it copies is named there, so it is checked as a path and left out of the scan.
+        mounts = config.pop("file_mounts", None) or {}
+        assert all(re.fullmatch(r"[~/][\w./-]*", p) for pair in mounts.items() for p in pair), mounts
+        assert list(literal_credentials(config)) == []
 
 
 def test_dockerfile_installs_like_bootstrap():
