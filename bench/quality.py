@@ -23,7 +23,11 @@ mouth-opening correlation and amplitude ratio (std of the output's opening over 
 LMD (lip landmark distance, px), lower-face PSNR and SSIM, mouth interior on frames whose real mouth
 is open (brightness, contrast and sharpness inside the real inner-lip contour, output over real:
 ``tasks.mouth_quality``), mouth sharpness (Laplacian variance around the lips, output over real),
-identity distance (dlib descriptor), AV offset/confidence against the speech envelope.
+identity distance (dlib descriptor), and the sync expert's offset, confidence and distance
+(``tasks.sync``: the output's re-tracked mouth against its own audio).
+
+Sync expert calibration (``sync``): every whole clip with its own audio, that audio 10 frames late
+and early, another clip's audio, and the mouth frozen; the expert trained on train/ only.
 
 Cross-language: the start of every clip dubbed zero-shot with two foreign tracks (``audio/``) and
 re-tracked: the mouth's mean opening in the pauses over the speaker's own closed mouth, and its
@@ -42,6 +46,7 @@ import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -54,9 +59,10 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.renderer import mouth_mask
 from models.resyncer import ReSyncer
+from models.sync_expert import SyncExpert
 from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
-from tasks.audio import load_audio, speech_envelope
+from tasks.audio import load_audio
 from tasks.decode import VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
@@ -65,7 +71,8 @@ from tasks.landmarks import LIPS, mouth_opening
 from tasks.lipsync import (DubInputs, crop_vertices, dub, fit_audio_length, planned_meshes, predict_displacements,
                            reference_frame, reference_window, renderable, video_duration)
 from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silence
-from tasks.qa import OutputObserver, av_offset, corr, laplacian_sharpness, speech_frames
+from tasks.qa import OutputObserver, corr, laplacian_sharpness, speech_frames
+from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert
 from tasks.segment import cut_segment
 from tasks.train import MOUTH, PreparedClip, finetune_plan, finetune_speaker, prepare_clip, sequences, track_for
 from tasks.training_data import crop_matrices
@@ -92,6 +99,7 @@ class Scores:
     open_frames: float
     av_offset: float
     av_conf: float
+    av_dist: float
     identity: float
     sharpness: float
 
@@ -120,7 +128,8 @@ def aligned_crops(storage: Storage, uri: str, mats: np.ndarray, frames: np.ndarr
 
 
 def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndarray, gt_marks: np.ndarray,
-          env: np.ndarray, identity: FaceIdentity) -> Scores:
+          judge: Callable[[np.ndarray], SyncScore], identity: FaceIdentity) -> Scores:
+    """``judge``: the sync expert on the re-tracked output landmarks of the scored frames."""
     marks = retrack(outputs)
     lmd = np.nanmean(np.linalg.norm(marks[:, LIPS, :2] - gt_marks[:, LIPS, :2], axis=-1))
     psnrs, ssims, ids, sharp = [], [], [], []
@@ -136,11 +145,11 @@ def score(outputs: list[np.ndarray], truths: list[np.ndarray], masks256: np.ndar
             mouth = OutputObserver.mouth_box(gm[:, :2])
             sharp.append(laplacian_sharpness(o[mouth]) / max(laplacian_sharpness(t[mouth]), 1e-6))
     opening, real = mouth_opening(marks), mouth_opening(gt_marks)
-    off, conf = av_offset(np.nan_to_num(opening, nan=np.nanmean(opening)), env, max_lag=5)
+    sync = judge(marks)
     inside = interior_ratios(outputs, truths, gt_marks)
     return Scores(float(lmd), float(np.mean(psnrs)), float(np.mean(ssims)), corr(opening, real),
                   amplitude_ratio(opening, real), inside["interior_brightness"], inside["interior_contrast"],
-                  inside["interior_sharpness"], inside["open_frames"], off, conf,
+                  inside["interior_sharpness"], inside["open_frames"], sync.offset_frames, sync.confidence, sync.distance,
                   float(np.mean(ids)) if ids else float("nan"), float(np.median(sharp)) if sharp else float("nan"))
 
 
@@ -185,7 +194,7 @@ def retrieval_motion(parts: ClipParts, predicted: np.ndarray) -> np.ndarray:
 
 
 def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, budgets: tuple[float, float],
-               fit_fraction: float, identity: FaceIdentity, scratch: Path) -> tuple[dict[str, Scores], dict]:
+               fit_fraction: float, identity: FaceIdentity, scratch: Path, expert: SyncExpert) -> tuple[dict[str, Scores], dict]:
     size, window = base.size, base.config.syncformer.style_window
     parts = cut_clip(storage, settings, uri, fit_fraction, size, window, scratch)
     ev = parts.eval
@@ -219,9 +228,13 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
     old_c = planned_meshes(ev, np.zeros_like(ev.displacements))[1]
     masks256 = mouth_mask(torch.from_numpy(crop_vertices(ev, old_c, usable, ev.crop)[frames]),
                           settings.crop_size)[:, 0].numpy()
-    env = speech_envelope(load_audio(storage, parts.eval_uri), ev.timestamps[frames])
+    def judge(marks: np.ndarray) -> SyncScore:
+        full = np.full((ev.n_frames, *marks.shape[1:]), np.nan, np.float32)
+        full[frames] = marks
+        return judge_sync(expert, full, ev.timestamps, samples)
+
     scores = {m: score(aligned_crops(storage, outputs[m], ev.crop, frames, settings.crop_size), truths, masks256,
-                       gt_marks, env, identity) for m in METHODS}
+                       gt_marks, judge, identity) for m in METHODS}
     pred_open = mouth_opening(planned_meshes(ev, predicted)[0][frames])
     info = {"fit_frames": int(parts.fit.n_frames), "eval_frames": int(len(frames)), "train_s": round(train_s, 1),
             "sync_steps": summary["syncformer"]["steps"], "gen_steps": summary["generator"]["steps"],
@@ -329,7 +342,8 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
             ("opening corr ↑", "opening_corr", ".3f"), ("amplitude →1", "amplitude", ".3f"),
             ("interior bright →1", "interior_brightness", ".3f"), ("interior contrast →1", "interior_contrast", ".3f"),
             ("interior sharp →1", "interior_sharpness", ".3f"), ("sharpness →1", "sharpness", ".3f"),
-            ("identity ↓", "identity", ".3f"), ("|AV off| ↓", "av_offset", ".2f"), ("AV conf ↑", "av_conf", ".3f")]
+            ("identity ↓", "identity", ".3f"), ("|AV off| ↓", "av_offset", ".2f"), ("AV conf ↑", "av_conf", ".3f"),
+            ("AV dist ↓", "av_dist", ".3f")]
     t.add_column("method")
     for head, _, _ in cols:
         t.add_column(head, justify="right")
@@ -353,6 +367,30 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
                         f"{r['lmd']:.2f} ({s['lmd']:.2f})", f"{r['interior_brightness']:.3f}", f"{r['sharpness']:.3f}",
                         f"{r['identity']:.3f}")
         console.print(per)
+
+
+def report_sync(rows: list[dict], per_clip: dict[str, dict], settings: Settings) -> None:
+    """The calibration table (QA's review thresholds in the title), and our dubs' eval parts when measured."""
+    t = Table(title=f"sync expert on unseen speakers (QA reviews |offset| > {settings.qa_max_av_offset_frames:g}, "
+                    f"confidence < {settings.qa_min_av_confidence:g})")
+    for col in ("clip", "case", "offset", "confidence", "distance"):
+        t.add_column(col, justify="right")
+    cases = (("own", "own audio"), ("late", "audio 10 frames late"), ("early", "audio 10 frames early"),
+             ("other", "another clip's audio"), ("frozen", "frozen mouth"))
+    for r in rows:
+        for key, label in cases:
+            t.add_row(r["clip"], label, f"{r[f'{key}_offset_frames']:+.0f}", f"{r[f'{key}_confidence']:.3f}",
+                      f"{r[f'{key}_distance']:.3f}")
+    for key, label in cases:
+        t.add_row("mean", label, f"{np.nanmean([abs(r[f'{key}_offset_frames']) for r in rows]):.2f} (|.|)",
+                  f"{np.nanmean([r[f'{key}_confidence'] for r in rows]):.3f}",
+                  f"{np.nanmean([r[f'{key}_distance'] for r in rows]):.3f}")
+    for m in ("zero_shot", "personalized", "oracle_mesh", "static"):
+        got = [per_clip[c][m] for c in per_clip if m in per_clip[c]]
+        if got:
+            t.add_row("mean", f"dub {m} (eval parts)", f"{np.nanmean([abs(g['av_offset']) for g in got]):.2f} (|.|)",
+                      f"{np.nanmean([g['av_conf'] for g in got]):.3f}", f"{np.nanmean([g['av_dist'] for g in got]):.3f}")
+    console.print(t)
 
 
 def mode_rows(storage: Storage, settings: Settings, model: ReSyncer, features, cache, scratch: Path) -> list[dict]:
@@ -420,8 +458,8 @@ def main() -> None:
     ap.add_argument("--cv-seconds", type=float, default=60.0, help="Style-SyncFormer budget per cross-validation fold")
     ap.add_argument("--folds", type=int, default=5, help="speaker-disjoint folds over train/ and videos/")
     ap.add_argument("--fit-fraction", type=float, default=0.7)
-    ap.add_argument("--sections", default="quality,foreign,cv,modes",
-                    help="comma-separated tables to run: quality, foreign, cv, modes")
+    ap.add_argument("--sections", default="quality,sync,foreign,cv,modes",
+                    help="comma-separated tables to run: quality, sync, foreign, cv, modes")
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".work" / "bench-root"),
                     help="storage root for cached tracks and features")
     args = ap.parse_args()
@@ -442,23 +480,39 @@ def main() -> None:
     foreign: list[dict] = []
     cv: list[dict] = []
     mode_results: list[dict] = []
+    sync_rows: list[dict] = []
+    expert = load_sync_expert(settings.sync_expert_dir)[0]
 
     def save() -> None:
         """Written after every clip and section: a long run that is stopped keeps what it measured."""
         out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "foreign": foreign,
-                                   "cv": cv, "modes": mode_results, "wall_s": time.perf_counter() - started},
+                                   "cv": cv, "modes": mode_results, "sync": sync_rows, "wall_s": time.perf_counter() - started},
                                   indent=2, default=float))
 
     for name in names if "quality" in sections else []:
         console.print(f"[bold]{name}[/bold]: finetune on the first {args.fit_fraction:.0%}, dub the rest ...")
         scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache,
-                                  (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch)
+                                  (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch, expert)
         per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
         save()
         console.print("  " + ", ".join(f"{m} corr {s.opening_corr:.2f} amp {s.amplitude:.2f} inside {s.interior_brightness:.2f}"
                                        for m, s in scores.items()))
     if per_clip:
         report_quality(per_clip, names, base, args)
+
+    if "sync" in sections:
+        console.print("[bold]sync expert calibration[/bold] on the whole clips ...")
+        for k, name in enumerate(names):
+            track = track_for(storage, settings, str(SHARED / "videos" / name))
+            other = names[(k + 1) % len(names)]
+            seconds = video_duration(track)
+            own = fit_audio_length(load_audio(storage, str(SHARED / "videos" / name)).samples, seconds)
+            alien = fit_audio_length(load_audio(storage, str(SHARED / "videos" / other)).samples, seconds)
+            r = calibration(expert, track.raw, track.timestamps, track.fps, own, alien)
+            sync_rows.append({"clip": name, "other": other, **{f"{case}_{key}": v for case, sc in r.items()
+                                                               for key, v in sc.as_dict().items()}})
+            save()
+        report_sync(sync_rows, per_clip, settings)
 
     if "foreign" in sections:
         console.print("[bold]cross-language[/bold]: zero-shot dubs with foreign tracks, the mouth in the pauses ...")

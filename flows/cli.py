@@ -182,6 +182,10 @@ from flows.cli_models import register as _register_model_commands  # noqa: E402 
 
 _register_model_commands(app)
 
+from flows.cli_sync import register as _register_sync_command  # noqa: E402
+
+_register_sync_command(app)
+
 from flows.cli_run import run_app  # noqa: E402
 
 app.add_typer(run_app, name="run")

@@ -1,4 +1,4 @@
-"""``resync dub`` (one video, one audio track) and ``resync model train-base|finetune``.
+"""``resync dub`` (one video, one audio track) and ``resync model train-base|finetune|train-sync``.
 
 The single-item path the nightly flow shares: the same tasks, called directly, with a progress
 bar. Exit codes: 0 done; 1 the item failed (the message names the error class); 2 bad usage.
@@ -219,6 +219,42 @@ def finetune(
         fail(str(e))
     _write_card(model, summary, output)
     _report(summary, output, model.version)
+
+
+@model_app.command("train-sync")
+def train_sync(
+    listing: str = typer.Option(..., "--listing", help="CSV/Parquet/JSONL of the videos with uri and speaker_id columns "
+                                "(the bundled expert's: catalogs/listings/base_train.csv, ../shared/data/train/). "
+                                "Never the videos the expert will judge."),
+    output: str = typer.Option(..., "-o", "--output", help="Folder to write the expert to (safetensors + config.json + MODEL_CARD.md)."),
+    seconds: float = typer.Option(300.0, "--seconds", help="Time budget of the training (it also stops when the "
+                                  "held-out speakers stop improving)."),
+    val_speakers: float = typer.Option(0.2, "--val-speakers", help="Share of the footage, as whole speakers, held out to select on."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Train the audio-visual sync expert that QA and `resync sync` judge with (SyncNet-style; shares nothing with the
+    Style-SyncFormer): in-sync mouth/audio windows against the same clip's audio at other times."""
+    from catalogs.listing import labelled_videos
+    from models.train_sync_expert import SyncExpertTraining
+    from tasks.sync_training import train_sync as run
+
+    settings = make_settings(root, None, s3_endpoint_url)
+    storage = Storage(settings)
+    try:
+        uris, speakers = labelled_videos(storage, listing)
+        import shlex
+        import sys
+
+        _, summary = run(storage, settings, uris, speakers, output, SyncExpertTraining(time_budget_s=seconds, seed=seed),
+                         val_share=val_speakers, say=console.print,
+                         command="resync " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except (ResyncError, ValueError) as e:
+        fail(str(e))
+    b = summary["best"]
+    out.print(f"sync expert {summary['version']} in {output}: {summary['steps']} steps, {summary['wall_s']:.0f} s; held-out "
+              f"speakers {', '.join(summary['held_out_speakers'])}: offset within a frame on {b['offset_accuracy']:.0%} "
+              f"of 2-s segments, confidence {b['confidence']:.3f} (step {b['step']})")
 
 
 def _write_card(model, summary: dict, output: str) -> None:

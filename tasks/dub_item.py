@@ -23,11 +23,13 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures
 from models.resyncer import ReSyncer
+from models.sync_expert import SyncExpert
 from tasks import model_store
 from tasks.audio import SAMPLE_RATE, Audio, load_audio
 from tasks.lipsync import DubInputs, DubResult, dub, fit_audio_length, renderable, warm_generator
-from tasks.qa import QA_CROP, OutputObserver, item_metrics, word_error_rate
+from tasks.qa import QA_CROP, OutputObserver, item_metrics, sync_metrics, word_error_rate
 from tasks.speech import SpeechTimer
+from tasks.sync import load_sync_expert
 from tasks.track import TrackResult, track_cached
 from tasks.training_data import crop_matrices
 
@@ -81,6 +83,13 @@ class ModelCache:
     loaded: dict[str, tuple[ReSyncer, AudioFeatures]] = field(default_factory=dict)
     speech_timer: SpeechTimer | None = None
     warmed: set[str] = field(default_factory=set)
+    expert: SyncExpert | None = None
+
+    def sync_expert(self) -> SyncExpert:
+        """QA's audio-visual sync expert (settings.sync_expert_dir, else the bundled one), loaded once."""
+        if self.expert is None:
+            self.expert, _ = load_sync_expert(self.settings.sync_expert_dir)
+        return self.expert
 
     def speech(self) -> SpeechTimer:
         """Speech timing and ASR models (QA's word error rate), loaded on first use."""
@@ -180,7 +189,8 @@ def item_qa(storage: Storage, settings: Settings, item: PlannedItem, result: Dub
     dubbed = Audio(fit_audio_length(audio.samples, result.video_seconds), SAMPLE_RATE)
     source = load_audio(storage, item.video_uri, required=False)
     flags = {f"{name}_share": float(f.mean()) for name, f in track.flags.items()}
-    qa = {**dub_qa(result), **item_metrics(settings, observer, track.timestamps, dubbed, result.predicted_opening, source,
+    sync = sync_metrics(models.sync_expert(), observer, track.timestamps, dubbed, track.raw)
+    qa = {**dub_qa(result), **item_metrics(settings, observer, track.timestamps, dubbed, sync, source,
                                           result.intended_marks, result.rendered_frames, result.frames,
                                           result.audio_overhang_s, flags)}
     if item.script and settings.asr_model_dir:

@@ -3,7 +3,8 @@
 The ``OutputObserver`` sees every chunk of source and composited frames as ``dub`` streams them to
 the encoder, re-tracks the mouth on the output's aligned crop and keeps only small per-frame
 measurements (never the frames). ``item_metrics`` turns those into the numbers a reviewer needs:
-is the mouth in sync with the new speech, did the renderer obey the planned mesh, is it still the
+is the mouth in sync with the new speech (the sync expert's verdict on the output's own frames and
+audio, ``tasks/sync.py``), did the renderer obey the planned mesh (``mesh_error_px``), is it still the
 same person, is the mouth sharp, does it keep moving in silence, does the speech fit the shot.
 """
 
@@ -17,15 +18,13 @@ import cv2
 import numpy as np
 
 from catalogs.settings import Settings
-from models.audio_features import AudioFeatures
-from models.resyncer import ReSyncer
+from models.sync_expert import SyncExpert
 from tasks.audio import Audio, pause_frames, speech_envelope, speech_frames  # noqa: F401 (re-exported)
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
-from tasks.lipsync import planned_meshes, predict_displacements, reference_window, renderable
-from tasks.track import TrackResult
+from tasks.sync import SyncScore, judge_sync
 
 QA_CROP = 256          # re-tracking and sharpness work on this aligned crop
 
@@ -35,24 +34,6 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
     if ok.sum() < 3 or np.std(a[ok]) < 1e-9 or np.std(b[ok]) < 1e-9:
         return float("nan")
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
-def av_offset(opening: np.ndarray, envelope: np.ndarray, max_lag: int = 15) -> tuple[float, float]:
-    """(offset, confidence): the lag in frames where the mouth opening best follows a per-frame
-    audio signal, and the correlation there. Positive offset = the mouth moves after the sound.
-
-    The audio signal that works is the mouth opening the Style-SyncFormer expects from the audio
-    (``expected_opening``): on the shared clips with their own audio it peaks at lag 0 with r
-    0.62-0.86 and finds a 10-frame shift to within a frame, where the raw speech envelope peaks
-    anywhere in +-15 frames with r ~0.2."""
-    best = (0, float("nan"))
-    for lag in range(-max_lag, max_lag + 1):
-        a = opening[max(lag, 0): len(opening) + min(lag, 0)]
-        b = envelope[max(-lag, 0): len(envelope) + min(-lag, 0)]
-        c = corr(a, b)
-        if np.isfinite(c) and not c <= best[1]:
-            best = (lag, c)
-    return float(best[0]), float(best[1])
 
 
 def laplacian_sharpness(image: np.ndarray) -> float:
@@ -146,29 +127,57 @@ def silence_motion(opening: np.ndarray, speech: np.ndarray, min_pause: int = 10,
     return float(still.mean() / talk.mean())
 
 
-def expected_opening(model: ReSyncer, features: AudioFeatures, track: TrackResult, samples: np.ndarray) -> np.ndarray:
-    """(T,) the mouth opening the Style-SyncFormer expects for this audio on this speaker: the
-    learned audio side of the sync measure (as SyncNet is for other lip-sync systems)."""
-    style = reference_window(track.displacements, renderable(track), model.config.syncformer.style_window)
-    predicted = predict_displacements(model, features, None, samples, track, style)
-    return mouth_opening(planned_meshes(track, predicted)[0]).astype(np.float32)
+def least_in_sync(score: SyncScore, count: int = 4, apart: int = 12) -> list[int]:
+    """The ``count`` frames where the expert finds the mouth least in sync, at least ``apart`` frames
+    from each other (the report shows them)."""
+    order = np.argsort(-np.nan_to_num(score.frame_distance, nan=-np.inf))
+    chosen: list[int] = []
+    for i in order[np.isfinite(score.frame_distance[order])]:
+        if all(abs(int(i) - j) >= apart for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    return sorted(chosen)
+
+
+def mouth_region(points: np.ndarray, frames: list[int], margin: float = 0.6) -> tuple[float, float, float, float] | None:
+    """A square (x0, y0, x1, y1) around the mouth over ``frames`` of (T, 478, >=2) image landmarks."""
+    lips = points[frames][:, LIPS, :2].reshape(-1, 2) if frames else np.zeros((0, 2))
+    lips = lips[np.isfinite(lips).all(1)]
+    if not len(lips):
+        return None
+    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * (0.5 + margin)
+    return float(cx - half), float(cy - half), float(cx + half), float(cy + half)
+
+
+def sync_metrics(expert: SyncExpert, observer: OutputObserver, timestamps: np.ndarray, dubbed_audio: Audio,
+                 source_points: np.ndarray) -> dict[str, float]:
+    """The sync expert's judgement of the output (its re-tracked mouth against its own audio) and
+    where to look: the least-in-sync frames and the mouth box around them in the source's pixels."""
+    score = judge_sync(expert, observer.marks, timestamps, dubbed_audio.samples)
+    out = {"av_offset_frames": score.offset_frames, "av_confidence": score.confidence, "av_distance": score.distance}
+    worst = least_in_sync(score)
+    box = mouth_region(source_points, worst)
+    if box:
+        out.update({f"av_worst_frame_{k}": float(i) for k, i in enumerate(worst)})
+        out.update(dict(zip(("mouth_x0", "mouth_y0", "mouth_x1", "mouth_y1"), box)))
+    return out
 
 
 def item_metrics(settings: Settings, observer: OutputObserver, timestamps: np.ndarray, dubbed_audio: Audio,
-                 expected: np.ndarray, source_audio: Audio | None, intended: np.ndarray, rendered: int, frames: int,
+                 sync: dict[str, float], source_audio: Audio | None, intended: np.ndarray, rendered: int, frames: int,
                  overhang_s: float, flags: dict[str, float] | None = None) -> dict[str, float]:
-    """The QA metrics of one dub. ``expected``: (N,) mouth opening expected from the output's audio
-    (``expected_opening``); ``intended``: (N, 478, 2) planned landmarks in the QA crop."""
+    """The QA metrics of one dub. ``sync``: the sync expert's (``sync_metrics``); ``intended``:
+    (N, 478, 2) planned landmarks in the QA crop (for the renderer's obedience, ``mesh_error_px``)."""
     opening = mouth_opening(observer.marks)
     fps = 1.0 / float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 25.0
-    offset, confidence = av_offset(opening, expected, settings.qa_max_lag_frames)
     lips = np.linalg.norm(observer.marks[:, LIPS] - intended[:, LIPS], axis=-1).mean(-1)
     speech = speech_frames(dubbed_audio, timestamps)
     metrics = {
         "face_coverage": rendered / max(frames, 1),
         "retracked_share": float(np.isfinite(opening).sum() / max(rendered, 1)),
-        "av_offset_frames": offset,
-        "av_confidence": confidence,
+        **sync,
         "mesh_error_px": float(np.nanmean(lips)) if np.isfinite(lips).any() else float("nan"),
         "identity_distance": float(np.mean(observer.identity)) if observer.identity else float("nan"),
         "sharpness_ratio": float(np.nanmedian(observer.sharp_out / np.maximum(observer.sharp_src, 1e-6)))
@@ -189,6 +198,7 @@ def review_reasons(settings: Settings, qa: dict[str, float]) -> list[str]:
         ("face_coverage", lambda v: v < settings.qa_min_face_coverage, "little of the video has a usable face"),
         ("av_offset_frames", lambda v: abs(v) > settings.qa_max_av_offset_frames, "mouth out of sync with the speech"),
         ("av_confidence", lambda v: v < settings.qa_min_av_confidence, "mouth barely follows the speech"),
+        ("av_distance", lambda v: v > settings.qa_max_av_distance, "mouth and speech far apart for the sync expert"),
         ("mesh_error_px", lambda v: v > settings.qa_max_mesh_error_px, "the mouth drawn is not the mouth planned"),
         ("identity_distance", lambda v: v > settings.qa_max_identity_distance, "the face no longer looks like the speaker"),
         ("sharpness_ratio", lambda v: v < settings.qa_min_sharpness_ratio, "blurry mouth"),
@@ -202,5 +212,5 @@ def review_reasons(settings: Settings, qa: dict[str, float]) -> list[str]:
             if name in qa and qa[name] is not None and np.isfinite(qa[name]) and test(qa[name])]
 
 
-__all__ = ["OutputObserver", "av_offset", "corr", "expected_opening", "item_metrics", "laplacian_sharpness", "review_reasons",
-           "silence_motion", "speech_frames", "word_error_rate", "QA_CROP"]
+__all__ = ["OutputObserver", "corr", "item_metrics", "laplacian_sharpness", "least_in_sync", "mouth_region",
+           "review_reasons", "silence_motion", "speech_frames", "sync_metrics", "word_error_rate", "QA_CROP"]

@@ -29,9 +29,10 @@ from tasks.qa import review_reasons
 
 # metric -> (label, threshold setting, "min" when low is bad / "max" when high is bad)
 METRICS = {
-    "av_offset_frames": ("audio-visual offset (frames)", "qa_max_av_offset_frames", "abs"),
-    "av_confidence": ("sync confidence (r)", "qa_min_av_confidence", "min"),
-    "mesh_error_px": ("mesh-following error (px, 256 crop)", "qa_max_mesh_error_px", "max"),
+    "av_offset_frames": ("sync expert: audio-visual offset (frames)", "qa_max_av_offset_frames", "abs"),
+    "av_confidence": ("sync expert: confidence (LSE-C)", "qa_min_av_confidence", "min"),
+    "av_distance": ("sync expert: distance (LSE-D)", "qa_max_av_distance", "max"),
+    "mesh_error_px": ("renderer obedience: mesh error (px, 256 crop)", "qa_max_mesh_error_px", "max"),
     "identity_distance": ("identity distance (dlib)", "qa_max_identity_distance", "max"),
     "sharpness_ratio": ("mouth sharpness vs source", "qa_min_sharpness_ratio", "min"),
     "silence_motion": ("mouth motion in silence vs speech", "qa_max_silence_motion", "max"),
@@ -40,6 +41,15 @@ METRICS = {
     "speech_outside_source_s": ("speech where the speaker is silent (s)", "qa_max_speech_outside_source_s", "max"),
     "wer": ("word error rate vs script", "qa_max_wer", "max"),
 }
+# Where the report looks: the frames the sync expert found least in sync, and the mouth box around them.
+WHERE = [*(f"av_worst_frame_{k}" for k in range(4)), "mouth_x0", "mouth_y0", "mouth_x1", "mouth_y1"]
+METRIC_NOTES = """<p>What the numbers mean. <b>Sync</b> (<code>av_*</code>) is the verdict of an independent
+audio-visual sync expert (SyncNet-style, <code>models/sync_expert.py</code>, trained on other people) on the
+output's own re-tracked mouth and its own audio, nothing the dub planned: <code>av_offset_frames</code> is where
+mouth and speech match best (positive: the mouth comes after the sound), <code>av_confidence</code> how much better
+that offset fits than a typical one (near 0: the mouth does not follow this speech), <code>av_distance</code> the
+embedding distance there (lower is better). <b>Renderer obedience</b> (<code>mesh_error_px</code>) says whether the
+mouth drawn is the mouth planned; a dub can obey its plan and still be out of sync.</p>"""
 
 
 @dataclass
@@ -77,11 +87,11 @@ def qa_table(settings: Settings, attempts: pd.DataFrame) -> pd.DataFrame:
                      "output_uri": r["output_uri"], "input_key": r["input_key"],
                      "model_version": r["speaker_model_version"] or r["base_model_version"],
                      "seconds": float(dict(r.get("stage_seconds") or []).get("total_s", np.nan)),
-                     **{m: float(qa[m]) if m in qa else np.nan for m in METRICS},
+                     **{m: float(qa[m]) if m in qa else np.nan for m in [*METRICS, *WHERE]},
                      "video_seconds": float(qa.get("video_seconds", np.nan)),
                      "needs_review": bool(reasons), "review_reasons": "; ".join(reasons)})
     cols = ["video_id", "language", "run_id", "attempt", "status", "error_class", "error", "output_uri", "input_key",
-            "model_version", "seconds", *METRICS, "video_seconds", "needs_review", "review_reasons"]
+            "model_version", "seconds", *METRICS, *WHERE, "video_seconds", "needs_review", "review_reasons"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -142,6 +152,40 @@ def frame_strip(storage: Storage, uri: str, count: int = 4, height: int = 96) ->
               for f in frames]
     ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(np.concatenate(scaled, 1), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
     return "data:image/jpeg;base64," + base64.b64encode(jpg.tobytes()).decode() if ok else None
+
+
+def mouth_strip(storage: Storage, uri: str, frames: list[int], box: tuple[float, float, float, float],
+                height: int = 128) -> str | None:
+    """A JPEG data URI of the mouth box of each of ``frames``, side by side (None if unreadable): the
+    mouth at a size a person can judge, where whole frames make it a few pixels."""
+    try:
+        with VideoSource(storage, uri) as video:
+            images = [video.frame(int(i)) for i in frames if 0 <= i < video.n_frames]
+    except Exception:  # noqa: BLE001 - a missing or broken file shows as "unavailable", not a failed report
+        return None
+    if not images:
+        return None
+    crops = []
+    for f in images:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, f.shape[1]), min(y1, f.shape[0])
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return None
+        crop = f[y0:y1, x0:x1]
+        crops.append(cv2.resize(crop, (max(1, int(crop.shape[1] * height / crop.shape[0])), height),
+                                interpolation=cv2.INTER_CUBIC))
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(np.concatenate(crops, 1), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(jpg.tobytes()).decode() if ok else None
+
+
+def _strips(storage: Storage, source: str, output: str, r: dict) -> tuple[str | None, str | None, str]:
+    """(source, dub, caption): mouth crops at the least-in-sync frames when QA recorded them, else whole frames."""
+    frames = [int(r[f"av_worst_frame_{k}"]) for k in range(4) if np.isfinite(r.get(f"av_worst_frame_{k}", np.nan))]
+    box = tuple(r.get(k, np.nan) for k in ("mouth_x0", "mouth_y0", "mouth_x1", "mouth_y1"))
+    if frames and all(np.isfinite(box)):
+        return (mouth_strip(storage, source, frames, box), mouth_strip(storage, output, frames, box),
+                f"mouth at the frames the sync expert finds least in sync ({', '.join(map(str, frames))})")
+    return frame_strip(storage, source), frame_strip(storage, output), "frames spread over the video"
 
 
 def _table(df: pd.DataFrame, columns: list[str], fmt: dict[str, str] | None = None) -> str:
@@ -205,7 +249,7 @@ def render_html(settings: Settings, storage: Storage, table: pd.DataFrame, run: 
     parts.append("</section>")
 
     plots = metric_plots(settings, ok)
-    parts.append('<section id="metrics"><h2>QA metrics</h2><p>Dashed lines: the review thresholds (settings '
+    parts.append('<section id="metrics"><h2>QA metrics</h2>' + METRIC_NOTES + '<p>Dashed lines: the review thresholds (settings '
                  '<code>qa_*</code>).</p><div class="plots">'
                  + "".join(f'<img alt="{html.escape(t)}" src="{u}">' for t, u in plots) + "</div></section>")
 
@@ -214,11 +258,11 @@ def render_html(settings: Settings, storage: Storage, table: pd.DataFrame, run: 
     parts.append(f'<section id="worst"><h2>Items to look at ({len(review)} need review; the worst {len(worst)} shown)</h2>')
     sources = _sources(storage, worst)
     for r in worst.to_dict("records"):
-        before, after = frame_strip(storage, sources.get(r["video_id"], "")), frame_strip(storage, r["output_uri"])
+        before, after, caption = _strips(storage, sources.get(r["video_id"], ""), r["output_uri"], r)
         metrics = ", ".join(f"{m} {r[m]:.2f}" for m in METRICS if np.isfinite(r[m]))
         parts.append(f'<div class="item"><b>{html.escape(r["video_id"])} &rarr; {html.escape(r["language"])}</b> '
                      f'<span class="bad">{html.escape(r["review_reasons"] or "no threshold crossed")}</span>'
-                     f'<div>{html.escape(metrics)}</div><div class="strip">'
+                     f'<div>{html.escape(metrics)}</div><div class="strip"><small>{html.escape(caption)}</small>'
                      + (f'<small>source</small><img alt="source frames" src="{before}">' if before else "<p>source unavailable</p>")
                      + (f'<small>dubbed</small><img alt="dubbed frames" src="{after}">' if after else "<p>output unavailable</p>")
                      + "</div></div>")

@@ -194,13 +194,12 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
             "log": {"syncformer": sync["log"], "generator": gen["log"]}}
 
 
-def hold_out_speakers(clips: list[PreparedClip], share: float, seed: int) -> list[str]:
-    """Mark whole speakers as validation, in a seeded order until they hold ``share`` of the frames
-    (at least one speaker, never all). Returns the held-out speakers, sorted."""
-    speakers = sorted({c.speaker for c in clips if c.speaker is not None})
+def held_out_speakers(frames: dict[str, int], share: float, seed: int) -> list[str]:
+    """Whole speakers for validation, in a seeded order until they hold ``share`` of the frames (at
+    least one speaker, never all); ``frames``: speaker -> frames. Returns them sorted."""
+    speakers = sorted(frames)
     if share <= 0 or len(speakers) < 2:
         return []
-    frames = {s: sum(len(c.clip) for c in clips if c.speaker == s) for s in speakers}
     total = sum(frames.values())
     held, count = [], 0
     for s in np.random.default_rng(seed).permutation(speakers).tolist():
@@ -208,9 +207,16 @@ def hold_out_speakers(clips: list[PreparedClip], share: float, seed: int) -> lis
             break
         held.append(s)
         count += frames[s]
+    return sorted(held)
+
+
+def hold_out_speakers(clips: list[PreparedClip], share: float, seed: int) -> list[str]:
+    """Mark whole speakers' clips as validation (``held_out_speakers``). Returns the held-out speakers."""
+    speakers = sorted({c.speaker for c in clips if c.speaker is not None})
+    held = held_out_speakers({s: sum(len(c.clip) for c in clips if c.speaker == s) for s in speakers}, share, seed)
     for c in clips:
         c.held_out = c.speaker in held
-    return sorted(held)
+    return held
 
 
 def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_dir: str | Path) -> tuple[ReSyncer, dict]:

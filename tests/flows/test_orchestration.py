@@ -169,7 +169,9 @@ def test_nightly_run_dubs_good_items_and_fails_bad_ones_alone(world: World):
         assert r["output_uri"].endswith(f"outputs/{r['language']}/{r['video_id']}/{r['input_key']}.mp4")
         qa = dict(r["qa"])
         assert qa["face_coverage"] > 0.9 and dict(r["stage_seconds"])["total_s"] > 0
-        assert abs(qa["av_offset_frames"]) <= 3 and qa["av_confidence"] > 0.5 and qa["identity_distance"] < 0.6
+        # every row carries the sync expert's verdict (how good it is: bench/quality's business)
+        assert all(np.isfinite(qa[k]) for k in ("av_offset_frames", "av_confidence", "av_distance")), qa
+        assert abs(qa["av_offset_frames"]) <= 15 and qa["identity_distance"] < 0.6
 
     # the dub carries the translated speech, not the source's
     from tasks.audio import envelope, load_audio
@@ -348,9 +350,10 @@ def test_qa_report_opens_in_a_headless_browser(world: World):
     assert report["items"] == 9 + 3 + 3 and report["failed"] == 2        # corrupt and noface are still failed
     assert report["fixed"] == ["glasses/ja"] and report["regressed"] == []
     table = pd.read_parquet(html_path.with_suffix(".parquet"))
-    assert len(table) == 15 and {"needs_review", "review_reasons", "av_confidence"} <= set(table.columns)
+    assert len(table) == 15 and {"needs_review", "review_reasons", "av_confidence", "av_distance"} <= set(table.columns)
     assert table[table.status == "succeeded"].av_confidence.notna().all()
     page = html_path.read_text()
+    assert "least in sync" in page and "renderer obedience" in page  # mouth strips where the expert looks; what is which
     assert "personalize_min_footage_s" in page and "woman2" in page     # the speaker model a night made, and its cost
     assert "http://" not in page and "https://" not in page          # opens with no network
 

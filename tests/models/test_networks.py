@@ -157,3 +157,48 @@ def test_opening_loss_asks_for_the_timing_and_the_amplitude():
     assert float(damped.grad[0, :, 13, 1] @ torch.sin(t)) < 0          # descending opens the mouth further
     late = torch.roll(target, 8, dims=1)
     assert float(opening_loss(late, target, (13, 14))) > 0.5
+
+
+@pytest.fixture
+def one_thread():
+    """A network this small runs far slower on two busy threads than on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sync_expert_embeds_unit_vectors_and_learns_which_offset_is_in_sync(one_thread):
+    from models.sync_expert import SyncExpert, SyncExpertConfig, contrastive_loss, offset_distances
+
+    torch.manual_seed(0)
+    c = SyncExpertConfig(hidden=16, embed_dim=8, audio_dim=6, audio_frames=5, dropout=0.0, mouth_dim=3, audio_project=0,
+                         input_dropout=0.0)
+    expert = SyncExpert(c)
+    mouth, audio = expert(torch.randn(7, c.window, c.mouth_dim), torch.randn(7, c.audio_frames, c.audio_dim))
+    assert mouth.shape == audio.shape == (7, 8)
+    assert torch.allclose(mouth.norm(dim=-1), torch.ones(7)) and torch.allclose(audio.norm(dim=-1), torch.ones(7))
+    # a signal seen by both sides, the mouth 3 frames after the sound: training on the in-sync pairs
+    # makes the offset search find +3 and makes in-sync pairs nearer than any other
+    signal = torch.randn(400)
+    mouth_in = torch.stack([signal.roll(-k) for k in range(c.window)], -1)[:, :, None].expand(-1, -1, 3).clone()
+    audio_in = torch.stack([signal.roll(-k) for k in range(c.audio_frames)], -1)[:, :, None].expand(-1, -1, 6).clone()
+    opt = torch.optim.Adam(expert.parameters(), lr=3e-3)
+    valid = torch.ones(4, 32, dtype=torch.bool)
+    first = None
+    for step in range(100):
+        starts = torch.randint(0, 400 - 32, (4,))
+        m = torch.stack([mouth_in[a:a + 32] for a in starts.tolist()])
+        a = torch.stack([audio_in[a:a + 32] for a in starts.tolist()])
+        b = expert.mouth(m.flatten(0, 1)).reshape(4, 32, -1), expert.audio(a.flatten(0, 1)).reshape(4, 32, -1)
+        loss = contrastive_loss(*b, valid, c.temperature)
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first - 1.0
+    expert.eval()
+    with torch.no_grad():
+        early = audio_in.roll(-3, 0)   # frame t plays the sound of t + 3: the mouth comes 3 frames after the sound
+        offsets, dist = offset_distances(expert.mouth(mouth_in), expert.audio(early), torch.ones(400, dtype=torch.bool), 8)
+    assert int(offsets[torch.argmin(dist)]) == 3

@@ -1,0 +1,148 @@
+"""An audio-visual sync expert in the manner of SyncNet (Chung & Zisserman, 2016).
+
+Two small encoders map a short mouth window (``window`` video frames of lip landmarks, normalised
+by the caller) and the audio around the same instant (log-mel frames) into one embedding space,
+where in-sync pairs lie close and pairs shifted in time or taken from another clip lie far apart.
+Judging a video is then a search over offsets: the mean distance between every mouth window and
+the audio ``k`` frames earlier, for ``k`` in ``-max_offset..max_offset``. As in SyncNet the offset is
+the ``k`` of the smallest mean distance, the confidence is the median minus the minimum of that
+curve (LSE-C) and the distance is its minimum (LSE-D).
+
+It shares no weights with the Style-SyncFormer and never sees what the Style-SyncFormer planned:
+QA feeds it only the output's own audio and re-tracked mouth, so it measures whether the mouth
+matches the speech, not whether the renderer obeyed the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SyncExpertConfig:
+    mouth_dim: int = 9           # per-frame mouth shape measures (tasks.sync.mouth_features)
+    window: int = 5              # video frames per mouth window (200 ms at 25 fps)
+    audio_features: str = "whisper"  # what the audio encoder reads: whisper (frozen encoder, 50 Hz) or logmel (40 bins, 100 Hz)
+    audio_dim: int = 384         # features per audio frame
+    audio_frames: int = 11       # audio frames per window (+-100 ms around the video frame)
+    hidden: int = 32
+    embed_dim: int = 32
+    max_offset: int = 15         # offsets searched, in video frames, either way
+    temperature: float = 0.1     # of the contrastive loss
+    dropout: float = 0.5
+    audio_project: int = 8       # >0: a per-frame linear projection of the audio features to this width first
+    input_dropout: float = 0.3   # dropout on the audio features (wide pretrained features overfit little data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SyncExpertConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class ConvBlock(nn.Module):
+    """Conv1d over time, normalisation and a leaky ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, 3, stride=stride, padding=1)
+        self.norm = nn.GroupNorm(8, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.norm(self.conv(x)), 0.2)
+
+
+class MouthEncoder(nn.Module):
+    """(B, window, mouth_dim) mouth features -> (B, embed_dim) unit embedding."""
+
+    def __init__(self, c: SyncExpertConfig) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(ConvBlock(c.mouth_dim, c.hidden), ConvBlock(c.hidden, c.hidden),
+                                    ConvBlock(c.hidden, c.hidden))
+        self.drop = nn.Dropout(c.dropout)
+        self.out = nn.Linear(c.hidden * c.window, c.embed_dim)
+
+    def forward(self, mouth: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(mouth.transpose(1, 2))
+        return F.normalize(self.out(self.drop(h.flatten(1))), dim=-1)
+
+
+class AudioEncoder(nn.Module):
+    """(B, audio_frames, audio_dim) audio features window -> (B, embed_dim) unit embedding."""
+
+    def __init__(self, c: SyncExpertConfig) -> None:
+        super().__init__()
+        width = c.audio_project or c.audio_dim
+        self.input_drop = nn.Dropout(c.input_dropout)
+        self.project = nn.Linear(c.audio_dim, width) if c.audio_project else nn.Identity()
+        self.blocks = nn.Sequential(ConvBlock(width, c.hidden), ConvBlock(c.hidden, c.hidden, stride=2),
+                                    ConvBlock(c.hidden, c.hidden, stride=2))
+        frames = c.audio_frames
+        for _ in range(2):
+            frames = (frames - 1) // 2 + 1
+        self.drop = nn.Dropout(c.dropout)
+        self.out = nn.Linear(c.hidden * frames, c.embed_dim)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.project(self.input_drop(mel)).transpose(1, 2))
+        return F.normalize(self.out(self.drop(h.flatten(1))), dim=-1)
+
+
+class SyncExpert(nn.Module):
+    def __init__(self, config: SyncExpertConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SyncExpertConfig()
+        self.mouth = MouthEncoder(self.config)
+        self.audio = AudioEncoder(self.config)
+
+    def forward(self, mouth: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mouth(mouth), self.audio(mel)
+
+
+def contrastive_loss(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """InfoNCE within one stretch of a clip: mouth window t against the audio of every frame of the
+    stretch, in sync only at t (and the same for each audio window against the mouths).
+
+    ``mouth``, ``audio``: (B, L, D) unit embeddings of B stretches of L frames; ``valid``: (B, L).
+    Only the same clip's audio: another clip's is told apart by its voice (a shortcut that learns
+    who speaks, not when), while the same voice at the wrong time can only be told by timing."""
+    logits = torch.einsum("bid,bjd->bij", mouth, audio) / temperature      # (B, L, L)
+    target = torch.arange(mouth.shape[1], device=mouth.device).expand(mouth.shape[0], -1)
+    pair = valid[:, :, None] & valid[:, None, :]
+    logits = logits.masked_fill(~pair, -1e4)
+    rows = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    cols = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten(), reduction="none")
+    keep = valid.flatten().float()
+    return ((rows + cols) * keep).sum() / (2 * keep.sum().clamp_min(1))
+
+
+def offset_distances(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor,
+                     max_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per offset k in -max_offset..max_offset, the mean distance between mouth window t and the
+    audio at t - k over the valid windows (positive k: the mouth comes after the sound).
+
+    ``mouth``, ``audio``: (T, D) unit embeddings per frame; ``valid``: (T,) mouth windows to use.
+    Returns (offsets (2m+1,), distances (2m+1,)); NaN where an offset leaves no pair."""
+    n = len(mouth)
+    offsets = torch.arange(-max_offset, max_offset + 1)
+    out = torch.full((len(offsets),), float("nan"))
+    for j, k in enumerate(offsets.tolist()):
+        t = torch.arange(max(k, 0), n + min(k, 0))
+        t = t[valid[t]]
+        if len(t):
+            out[j] = (mouth[t] - audio[t - k]).norm(dim=-1).mean()
+    return offsets, out
+
+
+def config_dict(model: SyncExpert) -> dict:
+    return {"kind": "sync-expert", **model.config.to_dict()}
+
+
+__all__ = ["AudioEncoder", "MouthEncoder", "SyncExpert", "SyncExpertConfig", "config_dict", "contrastive_loss",
+           "offset_distances"]
