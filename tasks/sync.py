@@ -29,6 +29,7 @@ from tasks.landmarks import CHIN, eye_centers
 SHAPE_PAIRS = np.array([(13, 14), (0, 17), (78, 308), (61, 291), (1, 0), (1, 17), (1, CHIN), (0, 13), (14, 17)],
                        dtype=np.int64)
 MOUTH_SCALE = 10.0             # in eye distances x 10: values of order one
+EMBED_CHUNK = 2048             # frames embedded at a time
 BUNDLED_EXPERT = Path(__file__).resolve().parent.parent / "models" / "weights" / "sync-expert"
 
 
@@ -67,14 +68,18 @@ def expert_audio_features(config: SyncExpertConfig) -> AudioFeatures:
     return LogMelFeatures(config.audio_dim, 100.0)
 
 
+def audio_track(samples: np.ndarray, features: AudioFeatures) -> np.ndarray:
+    """(n, audio_dim) the expert's features of a whole track (16 kHz samples), the track's mean removed."""
+    feats = features(samples)
+    return feats - feats.mean(0, keepdims=True) if len(feats) else feats
+
+
 def audio_windows(samples: np.ndarray, timestamps: np.ndarray, config: SyncExpertConfig,
                   features: AudioFeatures | None = None) -> np.ndarray:
     """(T, audio_frames, audio_dim) audio feature windows centred on every frame's time (16 kHz samples)."""
     features = features or expert_audio_features(config)
-    feats = features(samples)
-    if len(feats):
-        feats = feats - feats.mean(0, keepdims=True)
-    return stack_context(feats, timestamps, features.rate_hz, config.audio_frames // 2, features.offset_s)
+    return stack_context(audio_track(samples, features), timestamps, features.rate_hz, config.audio_frames // 2,
+                         features.offset_s)
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,17 @@ def _features(expert: SyncExpert) -> AudioFeatures:
 def embed(expert: SyncExpert, points: np.ndarray, timestamps: np.ndarray,
           samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mouth (T, D), audio (T, D), valid (T,)) embeddings of every frame's windows."""
-    c = expert.config
+    c, features = expert.config, _features(expert)
     feats, ok = mouth_features(points)
     windows, valid = mouth_windows(feats, ok, c.window)
-    mels = audio_windows(samples, timestamps, c, _features(expert))
-    mouth = torch.cat([expert.mouth(torch.from_numpy(w)) for w in np.array_split(windows, max(1, len(windows) // 2048))])
-    audio = torch.cat([expert.audio(torch.from_numpy(m)) for m in np.array_split(mels, max(1, len(mels) // 2048))])
-    return mouth, audio, torch.from_numpy(valid)
+    track = audio_track(samples, features)
+    mouth, audio = [], []
+    for lo in range(0, len(windows), EMBED_CHUNK):   # windows a chunk at a time: memory does not grow with length
+        part = slice(lo, lo + EMBED_CHUNK)
+        mouth.append(expert.mouth(torch.from_numpy(windows[part])))
+        audio.append(expert.audio(torch.from_numpy(stack_context(track, timestamps[part], features.rate_hz,
+                                                                 c.audio_frames // 2, features.offset_s))))
+    return torch.cat(mouth), torch.cat(audio), torch.from_numpy(valid)
 
 
 def judge_sync(expert: SyncExpert, points: np.ndarray, timestamps: np.ndarray, samples: np.ndarray,
