@@ -161,11 +161,14 @@ class Settings(BaseSettings):
     sync_expert_dir: str | None = Field(None, description="Sync expert folder (safetensors + config.json) that QA and "
                                         "`resync sync` judge audio-visual sync with; default: the bundled models/weights/sync-expert.")
     qa_min_face_coverage: float = Field(0.5, description="Review below this share of frames redrawn.")
-    qa_max_av_offset_frames: float = Field(2.0, description="Review when the sync expert finds the mouth lagging or leading "
-                                           "the speech by more frames.")
-    qa_min_av_confidence: float = Field(0.1, description="Review when the sync expert's confidence (median minus minimum "
-                                        "distance over offsets) is below this: the mouth barely follows the speech.")
-    qa_max_av_distance: float = Field(1.2, description="Review when the sync expert's distance at the best offset is above this.")
+    qa_max_av_offset_frames: float = Field(3.0, description="Review when the sync expert finds the mouth lagging or leading "
+                                           "the speech by more frames (real clips of its held-out speakers: within 3).")
+    qa_min_av_confidence: float = Field(0.16, description="Review when the sync expert's confidence (median minus minimum "
+                                        "distance over offsets) is below this: the mouth follows this speech no better than "
+                                        "another clip's speech. Set between its held-out speakers' real clips (>= 0.186) and "
+                                        "their mouths against other clips' audio (<= 0.141).")
+    qa_max_av_distance: float = Field(1.15, description="Review when the sync expert's distance at the best offset is above "
+                                      "this (its held-out speakers' real clips: <= 1.09).")
     qa_max_mesh_error_px: float = Field(10.0, description="Review when re-tracked lips miss the planned ones by more (px in a 256 crop).")
     qa_max_identity_distance: float = Field(0.6, description="Review above this dlib descriptor distance between source and output.")
     qa_min_sharpness_ratio: float = Field(0.5, description="Review when the mouth keeps less than this share of the source's sharpness.")

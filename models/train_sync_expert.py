@@ -60,6 +60,7 @@ def evaluate(model: SyncExpert, clips: list[SyncClip], segment: int) -> dict[str
     """Share of segments whose offset is found within one frame, their mean confidence, and the mean
     lead of the true offset: the smallest distance more than a frame away minus the smallest within
     a frame (positive where the offset is found; smooth where the share is not, so it selects)."""
+    was_training = model.training
     model.eval()
     hits, confs, margins = [], [], []
     m = model.config.max_offset
@@ -75,7 +76,7 @@ def evaluate(model: SyncExpert, clips: list[SyncClip], segment: int) -> dict[str
         confs.append(float(dist[finite].median() - dist[finite].min()))
         near, far = dist[m - 1:m + 2], torch.cat([dist[:m - 1], dist[m + 2:]])
         margins.append(float(far[torch.isfinite(far)].min() - near[torch.isfinite(near)].min()))
-    model.train()
+    model.train(was_training)
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
     return {"offset_accuracy": mean(hits), "confidence": mean(confs), "lead": mean(margins), "segments": len(hits)}
 
