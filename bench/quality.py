@@ -27,7 +27,8 @@ identity distance (dlib descriptor), and the sync expert's offset, confidence an
 (``tasks.sync``: the output's re-tracked mouth against its own audio).
 
 Sync expert calibration (``sync``): every whole clip with its own audio, that audio 10 frames late
-and early, another clip's audio, and the mouth frozen; the expert trained on train/ only.
+and early, another clip's audio, the mouth frozen, and our zero-shot dub of the clip with its own
+audio judged as QA judges it; the expert trained on train/ only.
 
 Cross-language: the start of every clip dubbed zero-shot with two foreign tracks (``audio/``) and
 re-tracked: the mouth's mean opening in the pauses over the speaker's own closed mouth, and its
@@ -71,7 +72,7 @@ from tasks.landmarks import LIPS, mouth_opening
 from tasks.lipsync import (DubInputs, crop_vertices, dub, fit_audio_length, planned_meshes, predict_displacements,
                            reference_frame, reference_window, renderable, video_duration)
 from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silence
-from tasks.qa import OutputObserver, corr, laplacian_sharpness, speech_frames
+from tasks.qa import QA_CROP, OutputObserver, corr, laplacian_sharpness, speech_frames
 from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert
 from tasks.segment import cut_segment
 from tasks.train import MOUTH, PreparedClip, finetune_plan, finetune_speaker, prepare_clip, sequences, track_for
@@ -369,6 +370,20 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
         console.print(per)
 
 
+def dub_sync(storage: Storage, settings: Settings, base: ReSyncer, features, cache, uri: str, track, expert: SyncExpert,
+             scratch: Path) -> SyncScore:
+    """A zero-shot dub of the whole clip with its own audio, judged as QA judges every dub: the
+    expert on the output's re-tracked mouth (``OutputObserver``) and the output's audio."""
+    observer = OutputObserver(crop_matrices(track, QA_CROP, settings.crop_size), renderable(track))
+    try:
+        dub(storage, settings, uri, DubInputs(uri), str(scratch / f"{Path(uri).stem}-sync-dub.mp4"), base, features, track,
+            cache, observer=observer, observer_crop=QA_CROP)
+    finally:
+        observer.close()
+    samples = fit_audio_length(load_audio(storage, uri).samples, video_duration(track))
+    return judge_sync(expert, observer.marks, track.timestamps, samples)
+
+
 def report_sync(rows: list[dict], per_clip: dict[str, dict], settings: Settings) -> None:
     """The calibration table (QA's review thresholds in the title), and our dubs' eval parts when measured."""
     t = Table(title=f"sync expert on unseen speakers (QA reviews |offset| > {settings.qa_max_av_offset_frames:g}, "
@@ -376,7 +391,7 @@ def report_sync(rows: list[dict], per_clip: dict[str, dict], settings: Settings)
     for col in ("clip", "case", "offset", "confidence", "distance"):
         t.add_column(col, justify="right")
     cases = (("own", "own audio"), ("late", "audio 10 frames late"), ("early", "audio 10 frames early"),
-             ("other", "another clip's audio"), ("frozen", "frozen mouth"))
+             ("other", "another clip's audio"), ("frozen", "frozen mouth"), ("dub", "our zero-shot dub, own audio"))
     for r in rows:
         for key, label in cases:
             t.add_row(r["clip"], label, f"{r[f'{key}_offset_frames']:+.0f}", f"{r[f'{key}_confidence']:.3f}",
@@ -509,6 +524,8 @@ def main() -> None:
             own = fit_audio_length(load_audio(storage, str(SHARED / "videos" / name)).samples, seconds)
             alien = fit_audio_length(load_audio(storage, str(SHARED / "videos" / other)).samples, seconds)
             r = calibration(expert, track.raw, track.timestamps, track.fps, own, alien)
+            r["dub"] = dub_sync(storage, settings, base, features, cache, str(SHARED / "videos" / name), track, expert,
+                                scratch)
             sync_rows.append({"clip": name, "other": other, **{f"{case}_{key}": v for case, sc in r.items()
                                                                for key, v in sc.as_dict().items()}})
             save()
