@@ -192,7 +192,7 @@ def test_sync_expert_embeds_unit_vectors_and_learns_which_offset_is_in_sync(one_
         a = torch.stack([audio_in[a:a + 32] for a in starts.tolist()])
         b = expert.mouth(m.flatten(0, 1)).reshape(4, 32, -1), expert.audio(a.flatten(0, 1)).reshape(4, 32, -1)
         loss = contrastive_loss(*b, valid, c.temperature)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
