@@ -92,7 +92,11 @@ class Storage:
         if not is_s3(uri or self.root):
             return None
         s = self.settings
-        opts = {"AWS_REGION": s.s3_region, "conditional_put": "etag"}
+        # Retries bounded by time, not count: object_store's jittered backoff spends its default 10
+        # retries within seconds when the endpoint refuses connections.
+        opts = {"AWS_REGION": s.s3_region, "conditional_put": "etag", "max_retries": "1000000",
+                "retry_timeout": f"{max(1, round(s.s3_retry_timeout_s * 1000))}ms",
+                "backoff_config.init_backoff": "100ms", "backoff_config.max_backoff": "5s", "backoff_config.base": "2"}
         if s.s3_endpoint_url:
             opts["AWS_ENDPOINT_URL"] = s.s3_endpoint_url
             if s.s3_endpoint_url.startswith("http://"):

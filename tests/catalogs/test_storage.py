@@ -67,6 +67,25 @@ def test_unreachable_endpoint_is_a_storage_error():
     assert e.value.error_class == ErrorClass.STORAGE_ERROR and "s3://b/p/x" in str(e.value)
 
 
+def test_unreachable_endpoint_is_a_storage_error_for_tables_too():
+    """deltalake raises an object store failure as a plain OSError (internal, if an item met it);
+    DeltaTables makes it storage_error naming the table, once s3_retry_timeout_s has passed."""
+    import time
+
+    from catalogs.delta import DeltaTables
+
+    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b",
+                 s3_retry_timeout_s=1.5)
+    assert Storage(s).delta_options()["retry_timeout"] == "1500ms"
+    tables = DeltaTables(Storage(s))
+    for call in (lambda: tables.read("manifests/dubs"), lambda: tables.exists("manifests/dubs")):
+        started = time.monotonic()
+        with pytest.raises(ResyncError) as e:
+            call()
+        assert e.value.error_class == ErrorClass.STORAGE_ERROR and e.value.item == "s3://b/p/manifests/dubs"
+        assert 1.0 < time.monotonic() - started < 15, "retries are bounded by s3_retry_timeout_s"
+
+
 def test_a_full_local_disk_is_a_storage_error(tiny_disk: Path):
     """ENOSPC while publishing is the storage failing (storage_error, naming the URI), not a bug;
     nothing half-written is left behind."""
