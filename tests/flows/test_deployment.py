@@ -11,9 +11,11 @@ the test is about the deployment, not the dub.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,11 +60,11 @@ def api(url: str, path: str, body: dict | None = None) -> dict | list:
 def stop(proc: subprocess.Popen) -> None:
     """Stop a process started in its own session, with whatever it started (a flow run, Ray)."""
     if proc.poll() is None:
-        os.killpg(proc.pid, 15)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -92,6 +94,7 @@ def test_prefect_deploy_all_then_a_deployment_run_of_nightly_completes_into_the_
 
     server = start_prefect_server(home=tmp_path / "prefect-server", log_path=tmp_path / "prefect-server.log")
     worker: subprocess.Popen | None = None
+    flow_pid: int | None = None           # the flow run's process: the leader of its own session
     try:
         client = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RESYNC_"))}
         client.update(PREFECT_API_URL=server.api_url, PREFECT_HOME=str(tmp_path / "prefect-client"),
@@ -125,6 +128,8 @@ def test_prefect_deploy_all_then_a_deployment_run_of_nightly_completes_into_the_
         state = None
         while time.monotonic() < deadline:
             run = api(server.api_url, f"flow_runs/{flow_run_id}")
+            if run.get("infrastructure_pid"):
+                flow_pid = int(str(run["infrastructure_pid"]).rsplit(":", 1)[-1])
             state = run["state"]["type"]
             if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
@@ -138,15 +143,18 @@ def test_prefect_deploy_all_then_a_deployment_run_of_nightly_completes_into_the_
         assert sum(t["name"].startswith("shard-") and t["state_type"] == "COMPLETED" for t in tasks) == 1
         # the flow run's process (its own session, says the worker) ends, and the embedded Ray
         # cluster it started ends with it: a worker serves night after night
-        pid = int(str(run["infrastructure_pid"]).rsplit(":", 1)[-1])
+        assert flow_pid, "the worker recorded no process for the flow run"
         deadline = time.monotonic() + 60
-        while (left := session_members(pid)) and time.monotonic() < deadline:
+        while (left := session_members(flow_pid)) and time.monotonic() < deadline:
             time.sleep(0.5)
         phase("flow process gone")
         assert not left, {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left}
     finally:
         if worker is not None:
             stop(worker)
+        for pid in session_members(flow_pid) if flow_pid else []:   # a run that failed the test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         server.stop()
 
     # the run wrote to the worker's root, and only there
