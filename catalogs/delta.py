@@ -9,14 +9,17 @@ opening a table reads one checkpoint plus a few JSON commits, however long its h
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from catalogs.errors import ErrorClass, ResyncError
 from catalogs.schemas import TABLES
 from catalogs.storage import Storage
+
+T = TypeVar("T")
 
 
 class DeltaTables:
@@ -32,19 +35,34 @@ class DeltaTables:
     def _opts(self, name: str) -> dict[str, str] | None:
         return self.storage.delta_options(self.uri(name))
 
+    def _guard(self, name: str, op: Callable[[], T]) -> T:
+        """Run a deltalake call; an object store failure (deltalake raises it as a plain OSError,
+        after its retries) becomes ``storage_error`` naming the table, as for media."""
+        try:
+            return op()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise ResyncError(ErrorClass.STORAGE_ERROR, f"{type(e).__name__}: {e}", item=self.uri(name)) from e
+
     def exists(self, name: str) -> bool:
-        return DeltaTable.is_deltatable(self.uri(name), storage_options=self._opts(name))
+        return self._guard(name, lambda: DeltaTable.is_deltatable(self.uri(name), storage_options=self._opts(name)))
 
     def open(self, name: str, version: int | None = None) -> DeltaTable:
         """The table at its latest (or a given) version; created empty if it does not exist yet."""
-        try:
-            return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
-        except TableNotFoundError:
-            self.ensure(name)
-            return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
+        def get() -> DeltaTable:
+            try:
+                return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
+            except TableNotFoundError:
+                self.ensure(name)
+                return DeltaTable(self.uri(name), version=version, storage_options=self._opts(name))
+        return self._guard(name, get)
 
     def ensure(self, name: str) -> None:
         """Create the table with its schema unless it exists; safe when several processes race."""
+        self._guard(name, lambda: self._ensure(name))
+
+    def _ensure(self, name: str) -> None:
         if self.exists(name):
             return
         try:
@@ -65,7 +83,7 @@ class DeltaTables:
              filters: Any = None) -> pa.Table:
         """A table (or some columns of it) as Arrow; never lists directories, only the log."""
         dt = self.open(name, version)
-        return dt.to_pyarrow_table(columns=columns, filters=filters)
+        return self._guard(name, lambda: dt.to_pyarrow_table(columns=columns, filters=filters))
 
     def append(self, name: str, rows: pa.Table, metadata: dict[str, str], *,
                txn: tuple[str, int] | None = None, evolve_schema: bool = False) -> int | None:
@@ -74,6 +92,10 @@ class DeltaTables:
         ``txn`` = (app_id, version) makes the commit idempotent: a Delta app transaction records
         it, and a retry of the same (app_id, version) commits nothing.
         """
+        return self._guard(name, lambda: self._append(name, rows, metadata, txn, evolve_schema))
+
+    def _append(self, name: str, rows: pa.Table, metadata: dict[str, str], txn: tuple[str, int] | None,
+                evolve_schema: bool) -> int | None:
         dt = self.open(name)  # one snapshot serves the txn check, the schema and the write
         if txn is not None:
             done = dt.transaction_version(txn[0])

@@ -76,13 +76,16 @@ class CatalogIngest:
 
     # --- entry point ---------------------------------------------------------------------
     def run(self, videos_file: str | None, requests_file: str | None = None) -> IngestReport:
+        """Probe every row of both listings, then commit: a storage failure while probing (the long
+        part) stops the ingest before any table has changed."""
         report = IngestReport()
-        if videos_file:
-            rows = self._video_rows(videos_file, report)
-            self._upsert(VIDEOS_TABLE, rows, ["video_id"], report)
+        videos = self._video_rows(videos_file, report) if videos_file else None
         if requests_file:
-            rows = self._request_rows(requests_file, report)
-            self._upsert(REQUESTS_TABLE, rows, ["video_id", "language"], report)
+            requests = self._request_rows(requests_file, report, {r["video_id"] for r in videos or []})
+        if videos is not None:
+            self._upsert(VIDEOS_TABLE, videos, ["video_id"], report)
+        if requests_file:
+            self._upsert(REQUESTS_TABLE, requests, ["video_id", "language"], report)
         self._record_rejects(report)
         return report
 
@@ -148,8 +151,9 @@ class CatalogIngest:
         return rec
 
     # --- requests ------------------------------------------------------------------------
-    def _request_rows(self, listing: str, report: IngestReport) -> list[dict]:
-        videos = set(self.tables.read(VIDEOS_TABLE, columns=["video_id"]).column("video_id").to_pylist())
+    def _request_rows(self, listing: str, report: IngestReport, landing: set[str] | None = None) -> list[dict]:
+        """Probed request rows; ``landing``: ids of videos this ingest is about to commit."""
+        videos = set(self.tables.read(VIDEOS_TABLE, columns=["video_id"]).column("video_id").to_pylist()) | (landing or set())
         existing = {(r["video_id"], r["language"]): r for r in self.tables.read(REQUESTS_TABLE).to_pylist()}
         base = self._base_dir(listing)
         seen: set[tuple[str, str]] = set()

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
 
     s3_retries: int = Field(5, ge=0, description="Retries of a failed S3 request before it is a storage_error.")
+    s3_retry_timeout_s: float = Field(60.0, gt=0, description="How long the Delta tables' S3 client retries a failed "
+                                      "request (with backoff, up to 5 s apart) before it is a storage_error, so that a "
+                                      "commit rides out an endpoint away for less. Its retry count alone (deltalake's "
+                                      "10 by default) gives up within seconds of a refused connection.")
 
     # --- manifests -----------------------------------------------------------------------
     commit_retries: int = Field(20, description="Retries of a Delta commit that lost a race with another writer.")

@@ -92,7 +92,11 @@ class Storage:
         if not is_s3(uri or self.root):
             return None
         s = self.settings
-        opts = {"AWS_REGION": s.s3_region, "conditional_put": "etag"}
+        # Retries bounded by time, not count: object_store's jittered backoff spends its default 10
+        # retries within seconds when the endpoint refuses connections.
+        opts = {"AWS_REGION": s.s3_region, "conditional_put": "etag", "max_retries": "1000000",
+                "retry_timeout": f"{max(1, round(s.s3_retry_timeout_s * 1000))}ms",
+                "backoff_config.init_backoff": "100ms", "backoff_config.max_backoff": "5s", "backoff_config.base": "2"}
         if s.s3_endpoint_url:
             opts["AWS_ENDPOINT_URL"] = s.s3_endpoint_url
             if s.s3_endpoint_url.startswith("http://"):
@@ -120,7 +124,9 @@ class Storage:
         return self._guard(uri, get)
 
     def open(self, uri: str, mode: str = "rb") -> IO[bytes]:
-        return self._guard(uri, lambda fs, p: fs.open(p, mode))
+        """A file object whose reads and writes fail as ``storage_error`` too: a decoder pulls the
+        bytes long after ``open`` returned, and an endpoint gone by then is still not the file's fault."""
+        return GuardedFile(self._guard(uri, lambda fs, p: fs.open(p, mode)), uri, self)
 
     def read_bytes(self, uri: str) -> bytes:
         return self._guard(uri, lambda fs, p: fs.cat_file(p))
@@ -185,6 +191,44 @@ class Storage:
             raise
         except (PermissionError, OSError, RuntimeError, BotoCoreError) as e:
             raise ResyncError(ErrorClass.STORAGE_ERROR, f"{type(e).__name__}: {e}", item=uri) from e
+
+
+class GuardedFile:
+    """A storage file whose I/O errors are ``storage_error`` naming its URI (``Storage._guard``);
+    everything else is the wrapped file's own."""
+
+    def __init__(self, f: IO[bytes], uri: str, storage: Storage) -> None:
+        self._f, self._uri, self._storage = f, uri, storage
+
+    def _call(self, method: str, *args):
+        return self._storage._guard(self._uri, lambda _fs, _p: getattr(self._f, method)(*args))
+
+    def read(self, *args) -> bytes:
+        return self._call("read", *args)
+
+    def readinto(self, b) -> int:
+        return self._call("readinto", b)
+
+    def seek(self, *args) -> int:
+        return self._call("seek", *args)
+
+    def write(self, data) -> int:
+        return self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+    def __enter__(self) -> "GuardedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def s3_key_is_clean(uri: str) -> bool:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from catalogs.delta import DeltaTables
-from catalogs.errors import ErrorClass
+from catalogs.errors import ErrorClass, ResyncError
 from catalogs.runs import RunLog
 from catalogs.schemas import RUNS_TABLE
 from catalogs.settings import Settings
@@ -99,6 +99,8 @@ def dubbing_run(flow, as_json: bool, **params) -> None:
     try:
         with bar:
             summary = flow(**params)
+    except ResyncError as e:    # e.g. the storage failed under the run itself: say so by its class
+        fail(f"{e} [{e.error_class}]")
     except Exception as e:  # noqa: BLE001 - the flow's failure is reported, with exit code 1
         fail(f"{type(e).__name__}: {e}")
     finally:

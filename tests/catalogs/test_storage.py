@@ -67,6 +67,49 @@ def test_unreachable_endpoint_is_a_storage_error():
     assert e.value.error_class == ErrorClass.STORAGE_ERROR and "s3://b/p/x" in str(e.value)
 
 
+def test_unreachable_endpoint_is_a_storage_error_for_tables_too():
+    """deltalake raises an object store failure as a plain OSError (internal, if an item met it);
+    DeltaTables makes it storage_error naming the table, once s3_retry_timeout_s has passed."""
+    import time
+
+    from catalogs.delta import DeltaTables
+
+    s = Settings(root="s3://b/p", s3_endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b",
+                 s3_retry_timeout_s=1.5)
+    assert Storage(s).delta_options()["retry_timeout"] == "1500ms"
+    tables = DeltaTables(Storage(s))
+    for call in (lambda: tables.read("manifests/dubs"), lambda: tables.exists("manifests/dubs")):
+        started = time.monotonic()
+        with pytest.raises(ResyncError) as e:
+            call()
+        assert e.value.error_class == ErrorClass.STORAGE_ERROR and e.value.item == "s3://b/p/manifests/dubs"
+        assert 1.0 < time.monotonic() - started < 15, "retries are bounded by s3_retry_timeout_s"
+
+
+@pytest.mark.s3
+def test_a_read_cut_off_midway_is_a_storage_error(s3_endpoint: str, s3_bucket: str):
+    """A decoder pulls bytes from an opened file long after open() returned; the endpoint going away
+    by then (a real cut, tests/tcp_proxy.py) is storage_error naming the file, not a bare network
+    error that an item would record as internal and an ingest as a bad row."""
+    from urllib.parse import urlparse
+
+    from tests.tcp_proxy import CuttableProxy
+
+    proxy = CuttableProxy(urlparse(s3_endpoint).port)
+    try:
+        st = Storage(Settings(root=f"s3://{s3_bucket}/root", s3_endpoint_url=proxy.endpoint, s3_retries=0))
+        uri = st.uri("big.bin")
+        st.write_bytes(uri, os.urandom(64 << 20))        # beyond what s3fs reads ahead (50 MiB)
+        with st.open(uri) as f:
+            assert len(f.read(1 << 20)) == 1 << 20
+            proxy.cut()
+            with pytest.raises(ResyncError) as e:
+                f.read()
+        assert e.value.error_class == ErrorClass.STORAGE_ERROR and e.value.item == uri
+    finally:
+        proxy.stop()
+
+
 def test_a_full_local_disk_is_a_storage_error(tiny_disk: Path):
     """ENOSPC while publishing is the storage failing (storage_error, naming the URI), not a bug;
     nothing half-written is left behind."""
