@@ -236,6 +236,23 @@ def processes() -> dict[int, str]:
     return found
 
 
+def descendants(root: int) -> set[int]:
+    """Every process started, directly or not, by ``root`` (from /proc's parent pids): this run's own,
+    never another run's on the same machine."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
 def kill(pid: int) -> None:
     """SIGKILL, for real; a process that already ended is fine."""
     with contextlib.suppress(ProcessLookupError):
@@ -251,7 +268,8 @@ def test_killing_a_dubbing_actor_mid_shard_loses_and_duplicates_nothing(world: W
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        busy = [pid for pid, cmd in processes().items() if cmd.startswith("ray::DubbingWorker.dub")]
+        mine = descendants(proc.pid)
+        busy = [pid for pid, cmd in processes().items() if cmd.startswith("ray::DubbingWorker.dub") and pid in mine]
         if busy:
             time.sleep(1.0)   # mid-item, not at its first instruction
             kill(busy[0])
@@ -283,11 +301,12 @@ def test_sigkill_of_the_flow_process_then_rerun_does_only_the_missing_items(worl
             break
         time.sleep(0.5)
     assert proc.poll() is None and committed >= 1, "the run ended before it could be killed"
+    mine = descendants(proc.pid)           # taken before the kill: orphans lose their parent
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(2)
-    for pid, cmd in processes().items():   # the killed driver's cluster, if it outlived it
-        if cmd.startswith("ray::") or (("raylet" in cmd or "gcs_server" in cmd) and str(REPO) in cmd):
+    for pid, cmd in processes().items():   # the killed driver's cluster, if it outlived it (never another run's)
+        if pid in mine and (cmd.startswith("ray::") or "raylet" in cmd or "gcs_server" in cmd):
             kill(pid)
 
     done_before = tables.read("manifests/dubs", columns=["input_key"], filters=[("language", "=", "es")]).num_rows
