@@ -28,17 +28,24 @@ def test_tracking_onto_a_full_disk_is_a_storage_error(tiny_disk: Path, shared_da
     assert "No space left" in outcome.error
 
 
+def map_job(tmp_path: Path, shared_data: Path, input_key: str, attempt: int, run: int,
+            render_config: str) -> tuple[Settings, Storage, ItemJob]:
+    """speaker_map_5s dubbed into French as one job of run ``nightly-{run}``, in a fresh root."""
+    clip = shared_data / "videos" / "speaker_map_5s.mp4"
+    settings = Settings(root=str(tmp_path / "root"), allowed_roots=[str(shared_data)])
+    storage = Storage(settings)
+    item = PlannedItem("map", "fr", input_key, attempt, "man", str(clip),
+                       str(shared_data / "audio" / "french1.wav"), "base-v", None, storage.sha256(str(clip)))
+    job = ItemJob(item, f"nightly-{run}", f"shard-{run}", "bundled://base-cpu", output_uri(storage, item), render_config)
+    return settings, storage, job
+
+
 @pytest.fixture
 def reused(tmp_path: Path, shared_data: Path):
     """An item whose output an earlier attempt published before its shard could commit (a real clip
     stands for that output): (settings, storage, job, models)."""
-    clip = shared_data / "videos" / "speaker_map_5s.mp4"
-    settings = Settings(root=str(tmp_path / "root"), allowed_roots=[str(shared_data)])
-    storage = Storage(settings)
-    item = PlannedItem("map", "fr", "0123456789abcdef0123456789abcdef", 2, "man", str(clip),
-                       str(shared_data / "audio" / "french1.wav"), "base-v", None, storage.sha256(str(clip)))
-    job = ItemJob(item, "nightly-2", "shard-2", "bundled://base-cpu", output_uri(storage, item), "cpu")
-    storage.put_file(clip, job.output_uri)
+    settings, storage, job = map_job(tmp_path, shared_data, "0123456789abcdef0123456789abcdef", 2, 2, "cpu")
+    storage.put_file(Path(job.item.video_uri), job.output_uri)
     return settings, storage, job, ModelCache(storage, settings)
 
 
@@ -75,12 +82,7 @@ def test_a_reused_output_carries_the_qa_of_its_committed_success(reused):
 def test_an_item_is_not_dubbed_with_a_model_of_another_render_config(tmp_path: Path, shared_data: Path):
     """A job of the ``full`` render config handed the bundled ``cpu`` base fails as model_error,
     instead of a ``cpu`` dub recorded as ``full``."""
-    clip = shared_data / "videos" / "speaker_map_5s.mp4"
-    settings = Settings(root=str(tmp_path / "root"), allowed_roots=[str(shared_data)])
-    storage = Storage(settings)
-    item = PlannedItem("map", "fr", "fedcba9876543210fedcba9876543210", 1, "man", str(clip),
-                       str(shared_data / "audio" / "french1.wav"), "base-v", None, storage.sha256(str(clip)))
-    job = ItemJob(item, "nightly-1", "shard-1", "bundled://base-cpu", output_uri(storage, item), "full")
+    settings, storage, job = map_job(tmp_path, shared_data, "fedcba9876543210fedcba9876543210", 1, 1, "full")
     r = dub_item(storage, settings, job, ModelCache(storage, settings))
     assert (r["status"], r["error_class"], r["render_config"]) == ("failed", "model_error", "full")
     assert "'cpu'" in r["error"] and "'full'" in r["error"]
