@@ -196,7 +196,7 @@ def test_sync_expert_embeds_unit_vectors_and_learns_which_offset_is_in_sync(one_
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < first - 1.0
+    assert float(loss.detach()) < first - 1.0
     expert.eval()
     with torch.no_grad():
         early = audio_in.roll(-3, 0)   # frame t plays the sound of t + 3: the mouth comes 3 frames after the sound
