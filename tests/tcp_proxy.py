@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import select
 import signal
 import socket
@@ -30,11 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+        with contextlib.suppress(ConnectionError, OSError):   # either side going away ends the pipe
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
     finally:
         if not writer.is_closing():
             writer.close()
@@ -44,10 +44,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST rather than FIN: the peer sees 'connection reset', not a clean end."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):   # a socket already closed needs no RST
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

@@ -22,6 +22,7 @@ Two things Ray does on purpose need care on one machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -59,10 +60,8 @@ class RayNode:
                 self.process.kill()
                 self.process.wait(timeout=10)
         for pid in session_members(self.process.pid):   # its own session only (start_new_session)
-            try:
+            with contextlib.suppress(ProcessLookupError):   # already gone
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @dataclass
@@ -214,9 +213,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):   # Ctrl-C or SIGTERM: the way to stop it
+            signal.pause()
     finally:
         cluster.remove()
 
