@@ -14,6 +14,7 @@ encoder), the clip's mean per feature removed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +59,11 @@ def mouth_windows(feats: np.ndarray, ok: np.ndarray, window: int) -> tuple[np.nd
     return feats[idx], ok[idx].all(1) & inside
 
 
+@lru_cache(maxsize=4)
 def expert_audio_features(config: SyncExpertConfig) -> AudioFeatures:
     """The audio features the expert reads, fixed by its config (never by settings: an expert reads
-    what it was trained on): 40-bin log-mel at 100 Hz, or the bundled Whisper tiny.en encoder."""
+    what it was trained on): 40-bin log-mel at 100 Hz, or the bundled Whisper tiny.en encoder. Made
+    once per configuration and process."""
     if config.audio_features == "whisper":
         from tasks.model_store import bundled_whisper_dir
 
@@ -105,18 +108,11 @@ def load_sync_expert(folder: str | Path | None = None) -> tuple[SyncExpert, str]
     return model.eval(), version
 
 
-def _features(expert: SyncExpert) -> AudioFeatures:
-    """The expert's feature extractor, made once per expert object."""
-    if not hasattr(expert, "_audio_features"):
-        expert._audio_features = expert_audio_features(expert.config)
-    return expert._audio_features
-
-
 @torch.no_grad()
 def embed(expert: SyncExpert, points: np.ndarray, timestamps: np.ndarray,
           samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mouth (T, D), audio (T, D), valid (T,)) embeddings of every frame's windows."""
-    c, features = expert.config, _features(expert)
+    c, features = expert.config, expert_audio_features(expert.config)
     feats, ok = mouth_features(points)
     windows, valid = mouth_windows(feats, ok, c.window)
     track = audio_track(samples, features)
