@@ -145,6 +145,17 @@ class FaceMeshTracker:
             else:
                 self.tracks.append(Track(len(self.tracks), dict(t.frames), t.last_frame))
 
+    def rescale(self, fx: float, fy: float) -> None:
+        """Stretch every observation's coordinates by (``fx``, ``fy``) (z with x): landmarks found on a frame
+        decoded smaller than the video (the tracker reads at most ``tracking_max_side`` pixels) are
+        stored in the video's own pixels, which every later stage works in."""
+        if fx == fy == 1.0:
+            return
+        factor = np.array([fx, fy, fx], np.float32)
+        for t in self.tracks:
+            for obs in t.frames.values():
+                obs.points = obs.points * factor
+
     def process(self, index: int, frame: np.ndarray) -> list[FaceObservation]:
         """Landmarks for one RGB frame; call with consecutive indices."""
         if self.cuts(frame):

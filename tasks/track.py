@@ -27,7 +27,7 @@ from tasks.geometry import Similarity, build_template, crop_matrix, euler_degree
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
 
-ALGORITHM = "fm0.10.21-v2"  # bump when tracking code changes what it writes
+ALGORITHM = "fm0.10.21-v3"  # bump when tracking code changes what it writes
 FLAGS = ("no_face", "small_face", "extreme_pose", "low_confidence")
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def tracker_version(settings: Settings) -> str:
     """Algorithm plus every setting that changes the artifact: a cache key."""
     knobs = {k: getattr(settings, k) for k in ("max_faces", "cut_correlation", "cut_pixel_diff", "small_face_px", "extreme_yaw_deg", "extreme_pitch_deg",
                                                "low_confidence_residual", "smooth_min_cutoff", "smooth_beta", "crop_size",
-                                               "tracking_segments", "min_segment_frames")}
+                                               "tracking_segments", "min_segment_frames", "tracking_max_side")}
     return f"{ALGORITHM}-{hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
@@ -182,17 +182,21 @@ def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
     def run(k: int) -> FaceMeshTracker:
         tracker = FaceMeshTracker(max_faces=settings.max_faces, cut_correlation=settings.cut_correlation,
                                   cut_pixel_diff=settings.cut_pixel_diff)
+        side = settings.tracking_max_side
         try:
-            with VideoSource(storage, uri) as video:
-                if bounds[k] > 0:
-                    tracker.prime(video.frame(bounds[k] - 1))
-                for chunk in video.chunks(settings.decode_chunk, bounds[k], bounds[k + 1]):
+            with VideoSource(storage, uri, threads=settings.decode_threads) as video:
+                start = max(bounds[k] - 1, 0)    # the frame before a segment primes its cut detector
+                for chunk in video.chunks(settings.decode_chunk, start, bounds[k + 1], side, settings.decode_chunk_mb):
                     for i, frame in zip(chunk.indices, chunk.frames):
-                        tracker.process(int(i), frame)
+                        if i < bounds[k]:
+                            tracker.prime(frame)
+                        else:
+                            tracker.process(int(i), frame)
                     if progress:
                         with lock:
                             done[k] = int(chunk.indices[-1]) + 1 - bounds[k]
                             progress(sum(done), n)
+                tracker.rescale(*video.scale_of(side))
         finally:
             tracker.close()
         return tracker
