@@ -69,8 +69,9 @@ from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
-from tasks.lipsync import (DubInputs, crop_vertices, dub, fit_audio_length, planned_meshes, predict_displacements,
-                           reference_frame, reference_window, renderable, video_duration)
+from tasks.dub_plan import (crop_vertices, fit_audio_length, planned_meshes, predict_displacements, reference_frame,
+                            reference_window, renderable, video_duration)
+from tasks.lipsync import DubInputs, dub
 from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silence
 from tasks.qa import QA_CROP, OutputObserver, corr, laplacian_sharpness, speech_frames
 from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert

@@ -33,7 +33,7 @@ def sync(
     confidence: how much better that offset fits than a typical one (median minus minimum distance; near 0 for a
     mouth that does not follow this speech); distance: the mean embedding distance at that offset (lower is better)."""
     from tasks.audio import load_audio
-    from tasks.lipsync import fit_audio_length, video_duration
+    from tasks.dub_plan import fit_audio_length, video_duration
     from tasks.sync import judge_sync, load_sync_expert
     from tasks.track import track_video
 

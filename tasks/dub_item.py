@@ -26,7 +26,9 @@ from models.resyncer import ReSyncer
 from models.sync_expert import SyncExpert
 from tasks import model_store
 from tasks.audio import SAMPLE_RATE, Audio, load_audio
-from tasks.lipsync import DubInputs, DubResult, dub, fit_audio_length, renderable, warm_generator
+from tasks.dub_plan import fit_audio_length, renderable
+from tasks.lipsync import DubInputs, DubResult, dub
+from tasks.redraw import warm_generator
 from tasks.qa import QA_CROP, OutputObserver, item_metrics, sync_metrics, word_error_rate
 from tasks.speech import SpeechTimer
 from tasks.sync import load_sync_expert

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from fractions import Fraction
 from typing import Iterable
@@ -10,6 +11,7 @@ from typing import Iterable
 import av
 import numpy as np
 
+from catalogs.errors import ErrorClass, ResyncError
 from catalogs.storage import Storage
 
 
@@ -65,3 +67,17 @@ def write_h264(storage: Storage, uri: str, frames: Iterable[np.ndarray], fps: fl
     finally:
         os.unlink(tmp)
     return n
+
+
+def mux_audio(video_path: str, audio_path: str | None, out_path: str, seconds: float) -> None:
+    """Copy the video stream and add the audio as AAC, padded with silence or cut to ``seconds``."""
+    cmd = ["ffmpeg", "-y", "-v", "error", "-i", video_path]
+    if audio_path:
+        cmd += ["-i", audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "160k", "-ar", "48000",
+                "-af", "apad", "-t", f"{seconds:.6f}"]
+    cmd += ["-c:v", "copy", "-movflags", "+faststart", out_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:              # a full disk under the work folder is the storage's failure, not ours
+        full = "No space left on device" in proc.stderr
+        raise ResyncError(ErrorClass.STORAGE_ERROR if full else ErrorClass.INTERNAL,
+                          f"ffmpeg mux failed: {proc.stderr.strip()[-400:]}")

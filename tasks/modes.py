@@ -22,7 +22,8 @@ from catalogs.storage import Storage
 from tasks.decode import VideoSource
 from tasks.geometry import build_template, crop_matrix, warp_crop
 from tasks.landmarks import MOUTH_CORNERS, LEFT_EYE, RIGHT_EYE, mouth_opening
-from tasks.lipsync import DubInputs, reference_frame, reference_window, renderable
+from tasks.dub_plan import reference_frame, reference_window, renderable
+from tasks.lipsync import DubInputs
 from tasks.track import TrackResult
 from tasks.training_data import image_to_crop, project_to_crop
 

@@ -23,7 +23,7 @@ from models.checkpoint import save_checkpoint
 from models.sync_expert import SyncExpert, SyncExpertConfig, config_dict
 from models.train_sync_expert import SyncClip, SyncExpertTraining, train_sync_expert
 from tasks.audio import load_audio
-from tasks.lipsync import fit_audio_length, video_duration
+from tasks.dub_plan import fit_audio_length, video_duration
 from tasks.sync import audio_windows, expert_audio_features, mouth_features, mouth_windows
 from tasks.train import held_out_speakers, track_for
 

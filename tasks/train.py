@@ -31,7 +31,7 @@ from models.train_generator import GeneratorData, GeneratorTraining, train_gener
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
 from tasks.audio import load_audio
 from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
-from tasks.lipsync import fit_audio_length, renderable, video_duration
+from tasks.dub_plan import fit_audio_length, renderable, video_duration
 from tasks.track import TrackResult, track_cached
 from tasks.training_data import ClipData, load_clip
 

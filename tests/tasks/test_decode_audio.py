@@ -135,7 +135,7 @@ def test_an_odd_frame_size_is_encoded_at_that_size(shared_data, tmp_path):
     and column (4:2:0 cannot hold an odd size, so such frames are encoded 4:4:4), and the last
     column and row are the source's, not dropped."""
     from tasks.encode import encode_h264
-    from tasks.lipsync import mux_audio
+    from tasks.encode import mux_audio
 
     src = tmp_path / "odd.mp4"
     subprocess.run(["ffmpeg", "-y", "-v", "error", "-i", str(shared_data / "videos" / "speaker_map_5s.mp4"), "-t", "1",

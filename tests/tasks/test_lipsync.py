@@ -20,7 +20,8 @@ from tasks import model_store
 from tasks.audio import envelope, load_audio
 from tasks.decode import VideoSource
 from tasks.landmarks import CHIN, LEFT_EYE, LIPS, NOSE_TIP, RIGHT_EYE
-from tasks.lipsync import DubInputs, dub, fit_audio_length, lower_face_weights, reference_window
+from tasks.dub_plan import fit_audio_length, lower_face_weights, reference_window
+from tasks.lipsync import DubInputs, dub
 from tasks.track import track_video
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +143,7 @@ def test_detail_transfer_keeps_the_frames_texture_on_the_redrawn_mouth(env, map_
     """Driven by its own tracked motion (the mesh drawn is the mesh tracked), the frame's texture
     moved over lines up: with detail transfer the lower face is nearer the source and the mouth
     sharper (QA's measure) than the generator alone draws it."""
-    from tasks.lipsync import renderable
+    from tasks.dub_plan import renderable
     from tasks.qa import QA_CROP, OutputObserver
     from tasks.training_data import crop_matrices
 
@@ -221,7 +222,7 @@ def test_cli_dub_and_its_errors(env, tmp_path):
 def test_the_mouth_rests_in_the_pauses_of_the_new_speech():
     """In a pause of at least min_pause frames the predicted motion eases to the rest pose (fully after
     the ramp); speech frames and short gaps between words keep the prediction."""
-    from tasks.lipsync import rest_in_pauses
+    from tasks.dub_plan import rest_in_pauses
 
     rng = np.random.default_rng(0)
     predicted = rng.normal(size=(100, 5, 3)).astype(np.float32)

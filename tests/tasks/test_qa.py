@@ -7,7 +7,8 @@ import pytest
 
 from tasks import model_store
 from tasks.audio import SAMPLE_RATE, Audio, load_audio
-from tasks.lipsync import DubInputs, dub, fit_audio_length, renderable
+from tasks.dub_plan import fit_audio_length, renderable
+from tasks.lipsync import DubInputs, dub
 from tasks.qa import QA_CROP, OutputObserver, item_metrics, review_reasons, sync_metrics, word_error_rate
 from tasks.sync import load_sync_expert
 from tasks.train import track_for

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.audio import load_audio
-from tasks.lipsync import fit_audio_length, video_duration
+from tasks.dub_plan import fit_audio_length, video_duration
 from tasks.sync import calibration, load_sync_expert
 from tasks.train import track_for
 

@@ -1,0 +1,239 @@
+"""The plan of a dub, before any pixel is drawn: the new speech and the mouth motion for it.
+
+Stage 3 of the dub pipeline (decode -> track -> **plan** -> redraw -> composite -> encode/mux): the
+audio fitted to the video's duration, audio features of the new speech at the video's frame times,
+Style-SyncFormer displacements in the speaker's own style (eased to rest in long pauses), and, per
+frame, the canonical mesh to draw (below the nose the predicted motion, above it the tracked one).
+Everything here is per-frame geometry, a few kilobytes a frame: the frames themselves are never
+needed. Meshes are posed into crop pixels per chunk by the redraw stage (``DubPlan.crop_vertices``).
+
+``bench/quality`` and QA call these same functions; ``tasks.lipsync.dub`` runs them in this order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from catalogs.errors import ErrorClass, ResyncError
+from catalogs.settings import Settings
+from catalogs.storage import Storage
+from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
+from models.resyncer import ReSyncer
+from tasks.audio import SAMPLE_RATE, Audio, load_audio, pause_frames, speech_frames
+from tasks.detail import detail_factor
+from tasks.landmarks import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, mouth_opening
+from tasks.track import TrackResult
+from tasks.training_data import crop_matrices, project_to_crop
+
+
+def lower_face_weights(template: np.ndarray, softness: float = 0.08) -> np.ndarray:
+    """(V,) weight of predicted motion per vertex: 1 below the nose tip, 0 above, a soft band between.
+
+    Measured along the eyes -> mouth axis of the template, so it does not depend on how the
+    canonical frame is oriented. ``softness`` is in eye distances (the template's unit).
+    """
+    eyes = (template[LEFT_EYE].mean(0) + template[RIGHT_EYE].mean(0)) / 2
+    down = template[MOUTH_CORNERS].mean(0) - eyes
+    down = down / max(float(np.linalg.norm(down)), 1e-9)
+    u = (template - template[NOSE_TIP]) @ down
+    return np.clip(0.5 + u / (2 * softness), 0.0, 1.0).astype(np.float32)
+
+
+def renderable(track: TrackResult) -> np.ndarray:
+    """Frames we redraw: a face that is neither too small nor turned too far to look right."""
+    return track.valid & ~track.flags["small_face"] & ~track.flags["extreme_pose"]
+
+
+def usable_frames(track: TrackResult, video_uri: str) -> np.ndarray:
+    """``renderable(track)``, or ``no_face`` when no frame is."""
+    usable = renderable(track)
+    if not usable.any():
+        raise ResyncError(ErrorClass.NO_FACE, "no frame has a usable face (none, too small or turned away)",
+                          item=video_uri)
+    return usable
+
+
+def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int) -> np.ndarray:
+    """The ``length`` consecutive usable frames with the most mouth motion: the speaker's style
+    (at training any window of the clip was a reference; the liveliest one says most)."""
+    idx = np.flatnonzero(usable)
+    if len(idx) == 0:
+        raise ResyncError(ErrorClass.NO_FACE, "no usable face frame to take a speaking style from")
+    d = displacements[idx]
+    if len(idx) <= length:
+        return d
+    energy = np.nan_to_num(np.linalg.norm(np.diff(d, axis=0), axis=-1).mean(-1))
+    cum = np.concatenate([[0.0], np.cumsum(energy)])
+    best = int(np.argmax(cum[length - 1:] - cum[: len(cum) - length + 1]))
+    return d[best: best + length]
+
+
+def reference_frame(track: TrackResult, usable: np.ndarray) -> int:
+    """The frame whose crop stands for the person: frontal and with a median mouth opening."""
+    idx = np.flatnonzero(usable)
+    if len(idx) == 0:
+        raise ResyncError(ErrorClass.NO_FACE, "no usable face frame for a reference crop")
+    opening = np.nan_to_num(mouth_opening(track.smoothed[idx]))
+    yaw = np.abs(np.nan_to_num(track.euler[idx, 0]))
+    score = np.abs(opening - np.median(opening)) / (opening.std() + 1e-6) + yaw / 15.0
+    return int(idx[int(np.argmin(score))])
+
+
+def fit_audio_length(samples: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Pad with silence or cut, to exactly ``seconds``: the video's duration decides the output's."""
+    n = int(round(seconds * sample_rate))
+    return samples[:n] if len(samples) >= n else np.pad(samples, (0, n - len(samples)))
+
+
+def video_duration(track: TrackResult) -> float:
+    ts = track.timestamps
+    step = np.median(np.diff(ts)) if len(ts) > 1 else 1.0 / max(track.fps, 1e-6)
+    return float(ts[-1] + step) if len(ts) else 0.0
+
+
+def planned_meshes(track: TrackResult, predicted: np.ndarray,
+                   identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(new, old) canonical meshes per frame: below the nose the predicted motion, above it the
+    tracked one (the upper face is kept, so its mesh must match the video). With ``identity`` (a
+    face swap) the same motion moves that person's template instead of this speaker's."""
+    weights = lower_face_weights(track.template)[None, :, None]
+    tracked = np.nan_to_num(track.displacements)
+    templates = track.templates[track.shot_index]
+    shape = templates if identity is None else np.broadcast_to(identity[None], templates.shape)
+    new = shape + tracked * (1 - weights) + np.nan_to_num(predicted) * weights
+    return new.astype(np.float32), (templates + tracked).astype(np.float32)
+
+
+def crop_vertices(track: TrackResult, canonical: np.ndarray, usable: np.ndarray, mats: np.ndarray) -> np.ndarray:
+    """(T, V, 3) canonical meshes posed with each frame's head pose, in the pixels of its aligned crop
+    (NaN where a frame is not usable)."""
+    idx = np.flatnonzero(usable)
+    out = np.full(canonical.shape, np.nan, np.float32)
+    out[idx] = project_to_crop(canonical[idx].astype(np.float64), track.scale[idx].astype(np.float64),
+                               track.rotation[idx].astype(np.float64), track.translation[idx].astype(np.float64),
+                               mats[idx])
+    return out
+
+
+def rest_pose(track: TrackResult, usable: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """(V, 3) the speaker's own mouth at rest: the mean displacement of their usable frames with the
+    least open mouth (the lowest ``share``). Zero displacement is the average face, half open."""
+    idx = np.flatnonzero(usable)
+    opening = np.nan_to_num(mouth_opening(track.smoothed[idx]), nan=np.inf)
+    keep = idx[opening <= np.quantile(opening[np.isfinite(opening)], share)] if np.isfinite(opening).any() else idx
+    return np.nan_to_num(track.displacements[keep]).mean(0).astype(np.float32)
+
+
+def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
+                   ramp: int = 3) -> np.ndarray:
+    """Predicted motion eased to ``rest`` in the pauses of the new speech (``min_pause`` frames or
+    longer), over ``ramp`` frames each side. The Style-SyncFormer never saw digital silence or long
+    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there."""
+    quiet = pause_frames(speech, min_pause, settle=ramp).astype(np.float32)
+    if not quiet.any():
+        return predicted
+    gate = np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
+    gate = gate[:, None, None]
+    return (predicted * (1 - gate) + rest[None] * gate).astype(np.float32)
+
+
+def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
+                          track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
+    """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
+    feats = cache.get_or_compute(samples, features) if cache else features(samples)
+    tokens = frame_tokens(feats, track.timestamps, features.rate_hz, features.offset_s, model.config.syncformer.audio_offsets)
+    style = model.style_code(torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32)))
+    return model.displacements(torch.from_numpy(tokens), style).numpy()
+
+
+@dataclass
+class DubAudio:
+    """The new speech as the output carries it."""
+    samples: np.ndarray         # 16 kHz mono, padded with silence or cut to the video's duration
+    seconds: float              # the track's own length (0 without audio)
+    overhang_s: float           # speech cut off at the end of the video
+
+
+def dub_audio(storage: Storage, settings: Settings, audio_uri: str | None, duration: float) -> DubAudio:
+    """Load and fit the new speech; a track longer than ``settings.max_audio_seconds`` is refused."""
+    if not audio_uri:
+        return DubAudio(np.zeros(int(round(duration * SAMPLE_RATE)), np.float32), 0.0, 0.0)
+    audio = load_audio(storage, audio_uri)
+    if audio.duration_s > settings.max_audio_seconds:
+        raise ResyncError(ErrorClass.AUDIO_TOO_LONG, f"{audio.duration_s:.0f} s of audio, the limit is "
+                          f"{settings.max_audio_seconds:.0f} s", item=audio_uri)
+    return DubAudio(fit_audio_length(audio.samples, duration), audio.duration_s, max(0.0, audio.duration_s - duration))
+
+
+@dataclass
+class DubPlan:
+    """Per frame, what to draw: the canonical meshes and where the generator's crop sits."""
+    usable: np.ndarray          # (T,) frames to redraw
+    new_canonical: np.ndarray   # (T, V, 3) the mesh to draw
+    old_canonical: np.ndarray   # (T, V, 3) the tracked mesh (the redraw mask covers both)
+    mats: np.ndarray            # (T, 2, 3) frame -> generator crop
+    whole_face: bool            # a face swap: the whole face is redrawn, not only the mouth
+    detail_factor: int          # frame texture carried this many times finer than the crop; 0: off
+
+    def crop_vertices(self, track: TrackResult, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(new, old) meshes of frames ``indices`` (all usable) posed into their crops' pixels."""
+        def pose(canonical: np.ndarray) -> np.ndarray:
+            return project_to_crop(canonical[indices].astype(np.float64), track.scale[indices].astype(np.float64),
+                                   track.rotation[indices].astype(np.float64),
+                                   track.translation[indices].astype(np.float64), self.mats[indices])
+        return pose(self.new_canonical), pose(self.old_canonical)
+
+    @property
+    def predicted_opening(self) -> np.ndarray:
+        """(T,) the mouth opening the plan intends (QA: did the renderer follow it)."""
+        return mouth_opening(self.new_canonical).astype(np.float32)
+
+
+def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
+                     track: TrackResult, usable: np.ndarray, samples: np.ndarray,
+                     style_displacements: np.ndarray | None, video_uri: str) -> np.ndarray:
+    """(T, V, 3) displacements for the new speech in the speaker's style (the reference window of
+    this video unless another is given), eased to the speaker's rest pose in long pauses."""
+    if features is None:
+        raise ResyncError(ErrorClass.MODEL_ERROR, "no audio feature extractor configured", item=video_uri)
+    style = style_displacements if style_displacements is not None else \
+        reference_window(track.displacements, usable, model.config.syncformer.style_window)
+    try:
+        predicted = predict_displacements(model, features, cache, samples, track, style)
+    except (RuntimeError, ValueError) as e:
+        raise ResyncError(ErrorClass.MODEL_ERROR, f"Style-SyncFormer failed: {e}", item=video_uri) from e
+    if settings.rest_min_pause_s > 0:
+        speech = speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps)
+        predicted = rest_in_pauses(predicted, speech, rest_pose(track, usable),
+                                   max(1, int(round(settings.rest_min_pause_s * track.fps))))
+    return predicted
+
+
+def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
+             track: TrackResult, samples: np.ndarray, video_uri: str, displacements: np.ndarray | None = None,
+             style_displacements: np.ndarray | None = None, identity: np.ndarray | None = None) -> DubPlan:
+    """The plan for this video and speech. ``displacements``: motion to show instead of predicting it
+    (video-driven lip sync); ``identity``: another face's template (a face swap)."""
+    usable = usable_frames(track, video_uri)
+    if displacements is not None:
+        predicted = displacements.astype(np.float32)
+        if predicted.shape != track.displacements.shape:
+            raise ResyncError(ErrorClass.UNSUPPORTED_INPUT, f"driving motion has shape {predicted.shape}, "
+                              f"the video needs {track.displacements.shape}", item=video_uri)
+    else:
+        predicted = predicted_motion(settings, model, features, cache, track, usable, samples, style_displacements,
+                                     video_uri)
+    new, old = planned_meshes(track, predicted, identity)
+    mats = crop_matrices(track, model.size, settings.crop_size)
+    whole_face = identity is not None
+    factor = detail_factor(mats[usable], settings.detail_max_factor) \
+        if settings.detail_transfer and not whole_face else 0   # a swap must not keep the source's skin
+    return DubPlan(usable, new, old, mats, whole_face, factor)
+
+
+__all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "planned_meshes", "crop_vertices",
+           "predict_displacements", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
+           "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses"]
