@@ -1,4 +1,4 @@
-"""Decoding (decord) and audio (PyAV) on real clips and on broken files made here."""
+"""Decoding and audio (both PyAV) on real clips and on broken files made here."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STORAGE = Storage(Settings())
 
 
 def ffprobe_frames(path: Path) -> tuple[int, list[float]]:
-    """Frame count and presentation times as FFmpeg itself reports them, to check decord against."""
+    """Frame count and presentation times as FFmpeg itself reports them, to check our decoder against."""
     out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
                           "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
     times = [float(x.strip().rstrip(",")) for x in out.split() if x.strip()]
@@ -45,6 +45,37 @@ def test_clips_decode_with_right_counts_and_timestamps(shared_data, name, size):
             seen += len(chunk.frames)
         assert seen == n_ref
         assert v.is_vfr == (name == "interview_man_vfr_6s.mp4")
+
+
+def ffmpeg_frames(path: Path, width: int, height: int, count: int, scale: str | None = None) -> np.ndarray:
+    """The first ``count`` frames as FFmpeg's own command line decodes (and, with ``scale``, shrinks) them."""
+    vf = ["-vf", scale] if scale else []
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), *vf, "-frames:v", str(count), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(count, height, width, 3)
+
+
+def test_frames_are_ffmpegs_own_and_a_seek_lands_on_the_same_frame(shared_data):
+    path = shared_data / "videos" / "speaker_map_5s.mp4"
+    expected = ffmpeg_frames(path, 844, 844, 80)
+    with VideoSource(STORAGE, str(path)) as v:
+        frames = np.concatenate([c.frames for c in v.chunks(32, stop=80)])
+        assert np.array_equal(frames, expected)
+        for i in (0, 37, 79):                       # random access seeks, then decodes forward
+            assert np.array_equal(v.frame(i), expected[i])
+        later = next(v.chunks(16, start=50))
+        assert later.indices[0] == 50 and np.array_equal(later.frames, expected[50:66])
+
+
+def test_shrunk_frames_and_chunks_capped_in_megabytes(shared_data):
+    path = shared_data / "videos" / "vlog_woman_vertical_10s.mp4"      # 1080 x 1920
+    with VideoSource(STORAGE, str(path)) as v:
+        chunk = next(v.chunks(64, max_side=960))
+        assert chunk.frames.shape == (64, 960, 540, 3) and v.scale_of(960) == (2.0, 2.0)
+        small = ffmpeg_frames(path, 540, 960, 4, "scale=540:960:flags=area")
+        assert np.abs(chunk.frames[:4].astype(int) - small).mean() < 2.0   # FFmpeg's area scaler, to rounding
+        full = next(v.chunks(64, chunk_mb=50))
+        assert full.frames.shape == (8, 1920, 1080, 3)          # 8 frames of 6 MB fit in 50 MB, 64 would not
 
 
 def test_vfr_resampled_to_constant_rate_only_when_asked(shared_data):
