@@ -65,11 +65,11 @@ class Settings(BaseSettings):
     silence_lufs: float = Field(-60.0, description="Audio quieter than this (integrated LUFS) counts as silent.")
     crop_size: int = Field(256, description="Side of the aligned face crop, pixels.")
     decode_chunk: int = Field(64, ge=1, description="Frames decoded at a time (bounds memory on long videos).")
-    decode_chunk_mb: float = Field(192.0, gt=0, description="Most megabytes of RGB in one decoded chunk: large frames come "
-                                   "in fewer per chunk (64 frames of 1080p would be 400 MB), so memory does not grow with resolution.")
+    decode_chunk_mb: float = Field(96.0, gt=0, description="Most megabytes of RGB in one decoded chunk: large frames come "
+                                   "in fewer per chunk (64 frames of 1080p would be 400 MB; 96 MB is 16), so memory does not grow with resolution.")
     decode_threads: int = Field(1, ge=1, description="FFmpeg decoder threads per reader (frame threading above 1). One keeps "
                                 "the cores for the generator; decoding overlaps it on its own thread either way.")
-    decode_queue: int = Field(2, ge=1, description="Decoded chunks waiting for the redraw stage (decoding runs ahead on its "
+    decode_queue: int = Field(1, ge=1, description="Decoded chunks waiting for the redraw stage (decoding runs ahead on its "
                               "own thread by at most this many).")
     tracking_max_side: int = Field(960, ge=64, description="The tracker reads frames shrunk to at most this many pixels on the "
                                    "longer side (FFmpeg scales while decoding); landmarks are stored in the video's own pixels.")

@@ -33,7 +33,7 @@ from catalogs.probe import VideoProbe, probe_video
 from catalogs.storage import Storage, is_s3
 
 DEFAULT_CHUNK = 64
-DEFAULT_CHUNK_MB = 192.0
+DEFAULT_CHUNK_MB = 96.0
 log = logging.getLogger(__name__)
 
 

@@ -1,0 +1,148 @@
+"""Long and 1080p videos: peak memory and speed of ``resync dub`` against the video's length.
+
+Each length is a shared clip looped with ``ffmpeg -stream_loop N -c copy`` (no re-encode), dubbed
+with its own audio by ``resync dub`` in a fresh process that reports its own peak RSS; the floor is
+FFmpeg decoding the same file and encoding it with x264 at our CRF and preset, one thread each.
+
+    .venv/bin/python -m bench.long_video                                   # 1080x1920: 20 s, 60 s, 5 min
+    .venv/bin/python -m bench.long_video --clip address_man_long_60s.mp4 --seconds 60 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+console = Console(width=140)
+
+# Runs the CLI in the child process and prints the child's own peak RSS (bytes) on the last line.
+MEASURE = """
+import resource, runpy, sys
+sys.argv = ["resync", *sys.argv[1:]]
+try:
+    runpy.run_module("flows.cli", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+print("PEAK_RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@dataclass
+class LengthRow:
+    clip: str
+    seconds: float
+    width: int
+    height: int
+    frames: int
+    dub_wall_s: float          # the whole `resync dub` process: load, track, dub, publish
+    floor_s: float             # FFmpeg one-thread decode + x264 encode of the same file
+    peak_rss_gb: float
+
+    @property
+    def realtime(self) -> float:
+        return self.seconds / self.dub_wall_s
+
+    @property
+    def over_floor(self) -> float:
+        return self.dub_wall_s / self.floor_s
+
+
+def looped(clip: Path, seconds: float, clip_seconds: float, scratch: Path) -> Path:
+    """``clip`` repeated (stream copy) to at least ``seconds``; the clip itself when it is long enough."""
+    loops = max(1, math.ceil(seconds / clip_seconds - 1e-6))
+    if loops == 1:
+        return clip
+    out = scratch / f"{clip.stem}_x{loops}.mp4"
+    subprocess.run(["ffmpeg", "-y", "-v", "error", "-stream_loop", str(loops - 1), "-i", str(clip), "-c", "copy",
+                    str(out)], check=True)
+    return out
+
+
+def dub_peak_rss(video: Path, audio: Path, out: Path, env: dict[str, str], timeout: float = 3600) -> tuple[int, dict]:
+    """(peak RSS bytes, the `resync dub --json` result) of one dub in its own process."""
+    proc = subprocess.run([sys.executable, "-c", MEASURE, "dub", str(video), str(audio), "-o", str(out), "--json"],
+                          cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"resync dub {video.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    body = "\n".join(lines[:-1])
+    return int(lines[-1].split()[1]), json.loads(body[body.find("{"): body.rfind("}") + 1])
+
+
+def ffmpeg_floor(video: Path, crf: int, preset: str, scratch: Path) -> float:
+    """Seconds for FFmpeg to decode ``video`` and encode it as we do, one thread each."""
+    t = time.perf_counter()
+    subprocess.run(["ffmpeg", "-y", "-v", "error", "-threads", "1", "-i", str(video), "-an", "-c:v", "libx264",
+                    "-threads", "1", "-crf", str(crf), "-preset", preset, "-pix_fmt", "yuv420p",
+                    str(scratch / "floor.mp4")], check=True)
+    return time.perf_counter() - t
+
+
+def measure(clip: Path, lengths: list[float], scratch: Path) -> list[LengthRow]:
+    from catalogs.probe import probe_video
+    from catalogs.settings import Settings
+    from catalogs.storage import Storage
+
+    settings = Settings(allowed_roots=[str(SHARED), str(scratch)])
+    probe = probe_video(Storage(settings), str(clip))
+    env = {"RESYNC_ROOT": str(scratch / "root"), "RESYNC_ALLOWED_ROOTS": json.dumps([str(SHARED), str(scratch)]),
+           "RESYNC_FEATURE_CACHE_DIR": str(scratch / "no-cache")}
+    rows = []
+    for seconds in lengths:
+        video = looped(clip, seconds, probe.duration_s, scratch)
+        floor = ffmpeg_floor(video, settings.output_crf, settings.output_preset, scratch)
+        t = time.perf_counter()
+        rss, result = dub_peak_rss(video, video, scratch / "dub.mp4", env)
+        wall = time.perf_counter() - t
+        rows.append(LengthRow(clip.name, float(result.get("video_seconds", seconds)), probe.width, probe.height,
+                              int(result.get("frames", 0)), wall, floor, rss / 2**30))
+        console.print(f"{video.name}: {rows[-1].seconds:.0f} s dubbed in {wall:.0f} s, peak RSS {rss / 2**30:.2f} GB")
+    return rows
+
+
+def table(rows: list[LengthRow]) -> Table:
+    t = Table(title="resync dub against the video's length (one run, this machine; own process per row)")
+    for col in ("clip", "size", "video s", "frames", "dub wall s", "realtime x", "ffmpeg 1-thread s", "x floor",
+                "peak RSS GB"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.clip, f"{r.width}x{r.height}", f"{r.seconds:.0f}", str(r.frames), f"{r.dub_wall_s:.1f}",
+                  f"{r.realtime:.2f}", f"{r.floor_s:.1f}", f"{r.over_floor:.1f}", f"{r.peak_rss_gb:.2f}")
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clip", default="kitchen_man_vertical_20s.mp4", help="video in ../shared/data/videos to loop")
+    ap.add_argument("--seconds", type=float, nargs="+", default=[20, 60, 300], help="lengths to make and dub")
+    ap.add_argument("--scratch", default=str(REPO / ".work" / "bench-long"), help="where loops and outputs go")
+    args = ap.parse_args()
+    clip = SHARED / "videos" / args.clip
+    if not clip.is_file():
+        raise SystemExit(f"needs {clip} (../shared/data)")
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = measure(clip, args.seconds, scratch)
+    console.print(table(rows))
+    out = REPO / "bench" / "results" / f"long-video-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([{**asdict(r), "realtime": r.realtime, "over_floor": r.over_floor} for r in rows],
+                              indent=1))
+    console.print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
