@@ -33,7 +33,7 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ReSyncer
-from tasks.decode import VideoSource, local_path
+from tasks.decode import VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import encode_h264, mux_audio
 from tasks.geometry import warp_crop
@@ -133,7 +133,10 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
         ref = warp_crop(video.frame(r), plan.mats[r], model.size)
     codes = model.reference_codes(to_tensor(ref[None])[0])
     texture = (ref, inputs.reference_vertices) if plan.whole_face and inputs.reference_vertices is not None else None
-    return ChunkRedrawer(settings, model, track, plan, codes, texture)
+    # the compiled generator pads every call to its batch: make it the chunk's length, so the 16-frame
+    # chunks of 1080p do not pay for 64
+    batch = chunk_frames(*video.size, settings.decode_chunk, settings.decode_chunk_mb)
+    return ChunkRedrawer(settings, model, track, plan, codes, texture, batch)
 
 
 def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawer, workers: int,

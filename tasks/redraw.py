@@ -77,6 +77,7 @@ class ChunkRedrawer:
     plan: DubPlan
     codes: torch.Tensor                                   # the reference identity, encoded once
     texture: tuple[np.ndarray, np.ndarray] | None = None  # face swap: (reference crop, its vertices)
+    batch: int | None = None                              # generator batch: the video's chunk length
 
     def __call__(self, chunk: Chunk) -> RedrawnChunk:
         timings = {"redraw_s": 0.0, "render_s": 0.0, "composite_s": 0.0}
@@ -90,7 +91,7 @@ class ChunkRedrawer:
         new_verts, old_verts = self.plan.crop_vertices(self.track, ii)
         crops = np.stack([warp_crop(chunk.frames[k], m, size) for k, m in zip(todo, mats)])
         generated, masks = redraw(self.model, crops, new_verts, old_verts, self.codes, timings, s.amp_inference,
-                                  s.compile_generator, s.decode_chunk, self.plan.whole_face, self.texture)
+                                  s.compile_generator, self.batch or s.decode_chunk, self.plan.whole_face, self.texture)
         t_gen = time.perf_counter()
         pasted = composite_redrawn(chunk.frames[todo], generated, mats, old_verts, new_verts, masks,
                                    self.plan.detail_factor, s.detail_from)
