@@ -71,6 +71,8 @@ class Settings(BaseSettings):
                                 "the cores for the generator; decoding overlaps it on its own thread either way.")
     decode_queue: int = Field(1, ge=1, description="Decoded chunks waiting for the redraw stage (decoding runs ahead on its "
                               "own thread by at most this many).")
+    malloc_reuse_mb: int = Field(256, ge=0, description="glibc keeps freed blocks up to this size for reuse instead of "
+                                 "unmapping them (a dub streams 96 MB chunks: 13% faster at 1080p here); 0 leaves glibc's defaults.")
     tracking_max_side: int = Field(960, ge=64, description="The tracker reads frames shrunk to at most this many pixels on the "
                                    "longer side (FFmpeg scales while decoding); landmarks are stored in the video's own pixels.")
     tracking_segments: int = Field(2, ge=1, description="Consecutive segments of one video tracked at once (one MediaPipe "

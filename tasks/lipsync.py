@@ -2,8 +2,9 @@
 actor share, as a streaming pipeline of stages joined by bounded queues.
 
     decode (tasks.decode, own thread) -> [track: done before, cached per video] -> plan
-    (tasks.dub_plan: audio, features, dynamics, meshes) -> redraw + composite (tasks.redraw, on
-    ``redraw_workers`` threads) -> encode (tasks.encode, this thread) -> mux + publish
+    (tasks.dub_plan: audio, features, dynamics, meshes) -> redraw (tasks.redraw, the generator on
+    ``redraw_workers`` threads) -> composite (own thread) -> encode (tasks.encode, this thread)
+    -> mux + publish
 
 Memory is bounded by the chunk size and the queue depths (``tasks.stream``), never by the video's
 length: frames exist only inside a chunk in flight, the rest is per-frame geometry.
@@ -37,6 +38,7 @@ from tasks.decode import VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import encode_h264, mux_audio
 from tasks.geometry import warp_crop
+from tasks.malloc import reuse_large_allocations
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
 from tasks.stream import ordered_map, prefetch, tap
 from tasks.track import TrackResult
@@ -88,6 +90,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     ``observer(indices, source frames, output frames)`` sees every chunk as it is encoded (QA)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    reuse_large_allocations(settings.malloc_reuse_mb)    # process-wide and idempotent: chunks reuse their memory
     duration = video_duration(track)
     usable_frames(track, video_uri)                       # no face at all fails before anything loads
     audio = dub_audio(storage, settings, inputs.audio_uri, duration)
@@ -143,11 +146,13 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
                   observer: Observer | None, progress: Callable[[int, int], None] | None,
                   timings: dict[str, float], redrawn: list[int]) -> Iterator[np.ndarray]:
     """Output frames in order: chunks decoded on their own thread (``settings.decode_queue`` ahead),
-    redrawn on ``workers`` threads, watched by ``observer`` on another, handed to the encoder."""
+    redrawn by the generator on ``workers`` threads, pasted back on another, watched by ``observer``
+    on another, handed to the encoder."""
     timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
     decoded = prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb),
                        settings.decode_queue, name="decode")
-    done: Iterable[RedrawnChunk] = ordered_map(redrawer, decoded, workers, name="redraw")
+    generated = ordered_map(redrawer.generate, decoded, workers, name="redraw")
+    done: Iterable[RedrawnChunk] = ordered_map(redrawer.composite, generated, 1, name="composite")
     if observer is not None:
         done = tap(lambda r: observer(r.chunk.indices, r.chunk.frames, r.frames), done, name="observe")
     for r in done:

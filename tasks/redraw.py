@@ -69,8 +69,23 @@ class RedrawnChunk:
 
 
 @dataclass
+class GeneratedChunk:
+    """A chunk between the two stages: the generator's crops for its usable frames, not pasted yet."""
+    chunk: Chunk
+    todo: list[int]                  # positions in the chunk of the redrawn frames
+    generated: np.ndarray | None     # (len(todo), S, S, 3) uint8
+    masks: np.ndarray | None         # (len(todo), S, S) the redraw masks
+    new_verts: np.ndarray | None     # (len(todo), V, 3) in crop pixels
+    old_verts: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ChunkRedrawer:
-    """Redraw and composite chunk after chunk for one dub (thread-safe: it keeps no state per call)."""
+    """The redraw stage (``generate``: crops -> generator) and the composite stage (``composite``:
+    back into the frames) for one dub. Separate calls, so the pipeline runs them on separate
+    threads: the generator draws the next chunk while the last one is pasted. Keeps no state
+    per call (thread-safe)."""
     settings: Settings
     model: ReSyncer
     track: TrackResult
@@ -79,27 +94,38 @@ class ChunkRedrawer:
     texture: tuple[np.ndarray, np.ndarray] | None = None  # face swap: (reference crop, its vertices)
     batch: int | None = None                              # generator batch: the video's chunk length
 
-    def __call__(self, chunk: Chunk) -> RedrawnChunk:
-        timings = {"redraw_s": 0.0, "render_s": 0.0, "composite_s": 0.0}
-        out = chunk.frames.copy()
+    def generate(self, chunk: Chunk) -> GeneratedChunk:
+        timings = {"redraw_s": 0.0, "render_s": 0.0}
         todo = [k for k, i in enumerate(chunk.indices) if self.plan.usable[i]]
         if not todo:
-            return RedrawnChunk(chunk, out, 0, timings)
+            return GeneratedChunk(chunk, todo, None, None, None, None, timings)
         ii = chunk.indices[todo]
-        s, size, mats = self.settings, self.model.size, self.plan.mats[ii]
+        s, size = self.settings, self.model.size
         t = time.perf_counter()
         new_verts, old_verts = self.plan.crop_vertices(self.track, ii)
-        crops = np.stack([warp_crop(chunk.frames[k], m, size) for k, m in zip(todo, mats)])
+        crops = np.stack([warp_crop(chunk.frames[k], m, size) for k, m in zip(todo, self.plan.mats[ii])])
         generated, masks = redraw(self.model, crops, new_verts, old_verts, self.codes, timings, s.amp_inference,
                                   s.compile_generator, self.batch or s.decode_chunk, self.plan.whole_face, self.texture)
-        t_gen = time.perf_counter()
-        pasted = composite_redrawn(chunk.frames[todo], generated, mats, old_verts, new_verts, masks,
-                                   self.plan.detail_factor, s.detail_from)
-        for k, frame in zip(todo, pasted):
+        timings["redraw_s"] += time.perf_counter() - t
+        return GeneratedChunk(chunk, todo, generated, masks, new_verts, old_verts, timings)
+
+    def composite(self, g: GeneratedChunk) -> RedrawnChunk:
+        timings = {**g.timings, "composite_s": 0.0}
+        out = g.chunk.frames.copy()
+        if not g.todo:
+            return RedrawnChunk(g.chunk, out, 0, timings)
+        t = time.perf_counter()
+        mats = self.plan.mats[g.chunk.indices[g.todo]]
+        pasted = composite_redrawn(g.chunk.frames[g.todo], g.generated, mats, g.old_verts, g.new_verts, g.masks,
+                                   self.plan.detail_factor, self.settings.detail_from)
+        for k, frame in zip(g.todo, pasted):
             out[k] = frame
-        timings["composite_s"] += time.perf_counter() - t_gen
-        timings["redraw_s"] += t_gen - t
-        return RedrawnChunk(chunk, out, len(todo), timings)
+        timings["composite_s"] += time.perf_counter() - t
+        return RedrawnChunk(g.chunk, out, len(g.todo), timings)
+
+    def __call__(self, chunk: Chunk) -> RedrawnChunk:
+        """Both stages on one chunk, in this thread."""
+        return self.composite(self.generate(chunk))
 
 
 def redraw_workers(settings: Settings, model: ReSyncer) -> int:
@@ -142,5 +168,5 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-__all__ = ["ChunkRedrawer", "RedrawnChunk", "redraw", "redraw_workers", "torch_threads", "warm_generator",
+__all__ = ["ChunkRedrawer", "GeneratedChunk", "RedrawnChunk", "redraw", "redraw_workers", "torch_threads", "warm_generator",
            "to_tensor", "to_uint8"]
