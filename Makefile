@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.bootstrapped
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: test demo bench bench-scale bench-track bench-quality bench-throughput lock clean
+.PHONY: test demo bench bench-scale bench-track bench-quality bench-throughput bench-long lock clean
 
 $(STAMP): pyproject.toml requirements.in requirements.lock infra/bootstrap.sh
 	bash infra/bootstrap.sh
@@ -17,7 +17,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m flows.demo
 
-bench: bench-scale bench-track bench-quality bench-throughput
+bench: bench-scale bench-track bench-quality bench-throughput bench-long
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale $(BENCH_ARGS)
@@ -42,3 +42,6 @@ bench-quality: $(STAMP)
 
 bench-throughput: $(STAMP)
 	$(PY) -m bench.throughput $(BENCH_ARGS)
+
+bench-long: $(STAMP)
+	$(PY) -m bench.long_video $(BENCH_ARGS)

@@ -107,7 +107,7 @@ def measure(clip: Path, lengths: list[float], scratch: Path) -> list[LengthRow]:
         t = time.perf_counter()
         rss, result = dub_peak_rss(video, video, scratch / "dub.mp4", env)
         wall = time.perf_counter() - t
-        rows.append(LengthRow(clip.name, float(result.get("video_seconds", seconds)), probe.width, probe.height,
+        rows.append(LengthRow(video.name, float(result.get("video_seconds", seconds)), probe.width, probe.height,
                               int(result.get("frames", 0)), wall, floor, rss / 2**30))
         console.print(f"{video.name}: {rows[-1].seconds:.0f} s dubbed in {wall:.0f} s, peak RSS {rss / 2**30:.2f} GB")
     return rows
