@@ -3,7 +3,7 @@
     make bench-track            # address_man_long_60s.mp4 (256x256, 60 s) and actor_1080p_4s.mp4 (1080p)
     python -m bench.track --clips PATH [PATH ...]
 
-Measured in one run for each clip: FFmpeg's own decode (the floor), our decode (decord, chunks),
+Measured in one run for each clip: FFmpeg's own decode (the floor), our decode (PyAV, chunks),
 tracking (decode + MediaPipe + smoothing, pose, dynamics), the aligned crops (decode + warp), and
 the whole of decode + track + crop.
 """
