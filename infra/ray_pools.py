@@ -133,50 +133,36 @@ class ActorPool:
             self.actors.append(actor)
             self._idle.put(actor)
 
+    def take(self, wait: float = 0.0) -> Any | None:
+        """An idle actor, waiting up to ``wait`` seconds for one; None when all stay busy."""
+        try:
+            return self._idle.get(timeout=wait) if wait > 0 else self._idle.get_nowait()
+        except queue.Empty:
+            return None
+
+    def give(self, actor) -> None:
+        self._idle.put(actor)
+
     def map(self, method: str, calls: list[tuple], on_error: Callable[[int, Exception], Any],
             done: Callable[[int, Any], None] | None = None, deadline: float | None = None) -> list:
         """Run ``actor.method(*call)`` for every call on whichever actors are free; results in order.
 
         ``on_error(i, exc)`` gives the result of a call whose actor died for good (or that raised),
         and of every call unfinished at ``deadline`` (``time.monotonic()``): the actors still busy
-        then are replaced, so a hung item cannot hold a pool.
+        then are replaced, so a hung item cannot hold a pool. ``done(i, result)`` is called for
+        every call as it finishes (or fails, or times out).
         """
         results: list = [None] * len(calls)
-        todo = deque(range(len(calls)))
-        running: dict = {}
-        while todo or running:
-            if deadline is not None and time.monotonic() > deadline:
-                late = TimeoutError("the shard ran past its timeout")
-                for ref, (i, actor) in list(running.items()):
-                    results[i] = on_error(i, late)
-                    self._idle.put(self._replace(actor))
-                for i in todo:
-                    results[i] = on_error(i, late)
-                return results
-            while todo:
-                try:
-                    actor = self._idle.get(block=not running, timeout=None if running else 1.0)
-                except queue.Empty:
-                    break
-                i = todo.popleft()
-                running[getattr(actor, method).remote(*calls[i])] = (i, actor)
-            if not running:
-                continue
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for ref in ready:
-                i, actor = running.pop(ref)
-                try:
-                    results[i] = ray.get(ref)
-                    self._idle.put(actor)
-                except RayActorError as e:
-                    log.warning("%s worker died for good on call %d: %s", method, i, e)
-                    results[i] = on_error(i, e)
-                    self._idle.put(self._replace(actor))
-                except RayTaskError as e:
-                    results[i] = on_error(i, e)
-                    self._idle.put(actor)
-                if done:
-                    done(i, results[i])
+
+        def finished(i: int, result: Any) -> None:
+            results[i] = result
+            if done:
+                done(i, result)
+
+        batch = Calls(self, method, on_error, finished)
+        for i, args in enumerate(calls):
+            batch.add(i, *args)
+        drive([batch], deadline)
         return results
 
     def _replace(self, dead) -> Any:
@@ -201,6 +187,88 @@ class ActorPool:
     def kill(self) -> None:
         for a in self.actors:
             ray.kill(a, no_restart=True)
+
+
+class Calls:
+    """One caller's calls of one method on a pool, added at any time (also from ``done`` of another
+    batch) and handed to the pool's actors as they come free. :func:`drive` runs batches of several
+    pools in one loop, so one stage's results can feed the next while it is still running.
+
+    ``done(key, result)`` gets each call's result; ``on_error(key, exc)`` makes the result of a call
+    whose actor died for good, that raised, or that was unfinished at the deadline. ``waited[key]``:
+    the seconds a call waited in this batch for a free actor.
+    """
+
+    def __init__(self, pool: ActorPool, method: str, on_error: Callable[[Any, Exception], Any],
+                 done: Callable[[Any, Any], None]) -> None:
+        self.pool, self.method, self.on_error, self.done = pool, method, on_error, done
+        self.todo: deque = deque()          # (key, args, time added)
+        self.running: dict = {}             # object ref -> (key, actor)
+        self.waited: dict = {}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.todo or self.running)
+
+    def add(self, key: Any, *args: Any) -> None:
+        self.todo.append((key, args, time.monotonic()))
+
+    def dispatch(self, wait: float = 0.0) -> None:
+        """Start queued calls on the idle actors (waiting up to ``wait`` s for the first one)."""
+        while self.todo:
+            actor = self.pool.take(wait)
+            if actor is None:
+                return
+            wait = 0.0
+            key, args, added = self.todo.popleft()
+            self.waited[key] = time.monotonic() - added
+            self.running[getattr(actor, self.method).remote(*args)] = (key, actor)
+
+    def collect(self, ref) -> None:
+        """The result of a finished call (``ray.wait`` said ``ref`` is ready), to ``done``."""
+        key, actor = self.running.pop(ref)
+        try:
+            result = ray.get(ref)
+            self.pool.give(actor)
+        except RayActorError as e:
+            log.warning("%s worker died for good on call %s: %s", self.method, key, e)
+            result = self.on_error(key, e)
+            self.pool.give(self.pool._replace(actor))
+        except RayTaskError as e:
+            result = self.on_error(key, e)
+            self.pool.give(actor)
+        self.done(key, result)
+
+    def expire(self, late: Exception) -> None:
+        """Fail every call still queued or running; the actors running one are replaced."""
+        running, todo = list(self.running.values()), list(self.todo)
+        self.running.clear()
+        self.todo.clear()
+        for key, actor in running:
+            self.pool.give(self.pool._replace(actor))
+            self.done(key, self.on_error(key, late))
+        for key, _, _ in todo:
+            self.done(key, self.on_error(key, late))
+
+
+def drive(batches: list[Calls], deadline: float | None = None) -> None:
+    """Run ``batches`` until none has calls left (their ``done`` may add more); at ``deadline``
+    (``time.monotonic()``) everything unfinished fails with a TimeoutError."""
+    while any(b.pending for b in batches):
+        if deadline is not None and time.monotonic() > deadline:
+            while any(b.pending for b in batches):     # a failure may still add to another batch
+                for b in batches:
+                    b.expire(TimeoutError("the shard ran past its timeout"))
+            return
+        for b in batches:
+            b.dispatch()
+        owner = {ref: b for b in batches for ref in b.running}
+        if not owner:                                   # the actors are busy with other shards' calls
+            next(b for b in batches if b.todo).dispatch(wait=0.5)
+            continue
+        ready, _ = ray.wait(list(owner), num_returns=1, timeout=0.5)
+        for ref in ready:
+            owner[ref].collect(ref)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from catalogs.plan import Shard
 from catalogs.registry import ModelRegistry
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from infra.ray_pools import Pools
+from infra.ray_pools import Calls, Pools, drive
 from tasks.dub_item import ItemJob, TrackOutcome, output_uri, row
 
 
@@ -48,6 +48,63 @@ def worker_error(e: Exception, settings: Settings) -> str:
     return f"dubbing worker failed on this item ({settings.item_retries + 1} tries): {e}"
 
 
+class ShardPipeline:
+    """A shard's jobs through both pools in one loop: every video is queued for tracking up front,
+    and each video's items go to the dubbing pool as soon as its track is ready. Items of a video
+    that could not be tracked fail with the tracking error; those whose model is not in the
+    registry fail as ``model_error``. ``on_item`` gets each row as it is final."""
+
+    def __init__(self, settings: Settings, pools: Pools, jobs: list[ItemJob],
+                 on_item: Callable[[dict], None] | None = None) -> None:
+        self.settings, self.jobs, self.on_item = settings, jobs, on_item
+        self.rows: list[dict | None] = [None] * len(jobs)
+        self.videos: dict[str, list[int]] = {}            # video sha256 -> indexes of its jobs
+        for k, job in enumerate(jobs):
+            self.videos.setdefault(job.item.video_sha256, []).append(k)
+        self.track_s: dict[str, float] = {}
+        self.tracking = Calls(pools.tracking, "track", self.track_failed, self.tracked)
+        self.dubbing = Calls(pools.dubbing, "dub", self.dub_failed, self.dubbed)
+
+    def run(self, deadline: float | None) -> list[dict | None]:
+        """The rows, in the jobs' order."""
+        for sha, ks in self.videos.items():
+            self.tracking.add(sha, self.jobs[ks[0]].item.video_uri, sha)
+        drive([self.tracking, self.dubbing], deadline)
+        return self.rows
+
+    def track_failed(self, sha: str, e: Exception) -> TrackOutcome:
+        return TrackOutcome(sha, None, 0.0, error_class=str(ErrorClass.INTERNAL), error=f"tracking failed: {e}")
+
+    def dub_failed(self, k: int, e: Exception) -> dict:
+        return row(self.jobs[k], "failed", error_class=str(ErrorClass.INTERNAL), error=worker_error(e, self.settings))
+
+    def tracked(self, sha: str, tr: TrackOutcome) -> None:
+        self.track_s[sha] = tr.seconds
+        for k in self.videos[sha]:
+            job = self.jobs[k]
+            if tr.error_class:
+                self.finish(k, row(job, "failed", error_class=tr.error_class, error=tr.error,
+                                   stage_seconds={"track_s": tr.seconds}))
+            elif not job.model_uri:
+                self.finish(k, row(job, "failed", error_class=str(ErrorClass.MODEL_ERROR),
+                                   error=f"model version {job.item.model_version} is not in the registry"))
+            else:
+                self.dubbing.add(k, job)
+
+    def dubbed(self, k: int, r: dict) -> None:
+        """A dubbing result, with its video's ``track_s`` and ``queue_s``: the seconds the item waited,
+        once its video was tracked, for the pool to hand it a free dubbing actor (not counting what it
+        may then wait on that actor behind the warm-up call)."""
+        waited = {"queue_s": self.dubbing.waited[k]} if k in self.dubbing.waited else {}
+        r["stage_seconds"] = {"track_s": self.track_s[self.jobs[k].item.video_sha256], **waited, **r["stage_seconds"]}
+        self.finish(k, r)
+
+    def finish(self, k: int, r: dict) -> None:
+        self.rows[k] = r
+        if self.on_item:
+            self.on_item(r)
+
+
 def process_shard(settings: Settings, pools: Pools, run_id: str, shard: Shard,
                   on_item: Callable[[dict], None] | None = None) -> ShardOutcome:
     """Track, dub and commit one shard; items unfinished after ``shard_timeout_s`` fail as ``internal``
@@ -71,45 +128,14 @@ def process_shard(settings: Settings, pools: Pools, run_id: str, shard: Shard,
     jobs = [ItemJob(it, run_id, shard.shard_id, uris.get(it.model_version, ""), output_uri(storage, it),
                     settings.render_config) for it in items]
 
-    # 1. Track each video once (a video dubbed into many languages shares one track), while the
-    #    dubbing actors load the shard's first model and compile its generator.
+    # Track each video once (a video dubbed into many languages shares one track), while the dubbing
+    # actors load the shard's first model and compile its generator; a video's items are dubbed as
+    # soon as its track is ready, while the next videos are still being tracked.
     if jobs[0].model_uri:
         pools.dubbing.broadcast("warm", jobs[0].model_uri)
-    videos = {it.video_sha256: it.video_uri for it in items}
-    shas = list(videos)
-    tracked: list[TrackOutcome] = pools.tracking.map(
-        "track", [(videos[s], s) for s in shas],
-        on_error=lambda i, e: TrackOutcome(shas[i], None, 0.0, error_class=str(ErrorClass.INTERNAL),
-                                           error=f"tracking failed: {e}"), deadline=deadline)
-    by_sha = dict(zip(shas, tracked))
+    rows = ShardPipeline(settings, pools, jobs, on_item).run(deadline)
 
-    # 2. Dub what was tracked; the rest fails with the tracking error.
-    rows: list[dict | None] = [None] * len(jobs)
-    todo = []
-    for k, job in enumerate(jobs):
-        tr = by_sha[job.item.video_sha256]
-        if tr.error_class:
-            rows[k] = row(job, "failed", error_class=tr.error_class, error=tr.error,
-                          stage_seconds={"track_s": tr.seconds})
-        elif not job.model_uri:
-            rows[k] = row(job, "failed", error_class=str(ErrorClass.MODEL_ERROR),
-                          error=f"model version {job.item.model_version} is not in the registry")
-        else:
-            todo.append(k)
-    dubbed = pools.dubbing.map(
-        "dub", [(jobs[k],) for k in todo],
-        on_error=lambda i, e: row(jobs[todo[i]], "failed", error_class=str(ErrorClass.INTERNAL), error=worker_error(e, settings)),
-        done=(lambda i, r: on_item(r)) if on_item else None, deadline=deadline)
-    for k, r in zip(todo, dubbed):
-        r["stage_seconds"] = {"track_s": by_sha[jobs[k].item.video_sha256].seconds, **r["stage_seconds"]}
-        rows[k] = r
-    if on_item:                          # items that failed before dubbing are done too
-        sent = set(todo)
-        for k, r in enumerate(rows):
-            if k not in sent:
-                on_item(r)
-
-    # 3. One atomic commit for the shard.
+    # One atomic commit for the shard.
     final = [r for r in rows if r is not None]
     outcome.version = manifest.commit_shard(run_id, shard.shard_id, final)
     for r in final:
