@@ -62,7 +62,7 @@ class LengthRow:
 
 def looped(clip: Path, seconds: float, clip_seconds: float, scratch: Path) -> Path:
     """``clip`` repeated (stream copy) to at least ``seconds``; the clip itself when it is long enough."""
-    loops = max(1, math.ceil(seconds / clip_seconds - 1e-6))
+    loops = max(1, math.ceil(seconds / clip_seconds - 0.05))   # a 59.96-s clip makes "60 s"
     if loops == 1:
         return clip
     out = scratch / f"{clip.stem}_x{loops}.mp4"
