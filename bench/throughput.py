@@ -5,10 +5,14 @@ Measures, in one run on this machine:
 - the single-item path (``resync dub``'s work: track, features, dynamics, render, composite, encode,
   mux) with per-stage frames per second, model load time and peak memory;
 - the same item through the nightly flow (Prefect ephemeral API, Ray actor pools, manifest commit),
-  on a fresh catalog, so the orchestration's cost shows.
+  on a fresh catalog, so the orchestration's cost shows;
+- a small catalog through the nightly flow (6 short clips x 2 languages, ``--flow-items`` of them),
+  where clips are tracked once for all their languages and dubbed while the next are tracked:
+  realtime factor beside the two above, and the flow's stage seconds per item from the manifest.
 
     make bench-throughput                       # address_man_long_60s.mp4 + english_commentary_60s.wav
     .venv/bin/python -m bench.throughput --clip speaker_map_5s.mp4 --audio german1.wav --skip-flow
+    .venv/bin/python -m bench.throughput --clip speaker_map_5s.mp4 --audio german1.wav --flow-items 4
 """
 
 from __future__ import annotations
@@ -66,13 +70,24 @@ def single_item(video: Path, audio: Path, scratch: Path) -> dict:
 
 def through_flow(video: Path, audio: Path, scratch: Path) -> dict:
     """The same item through `resync run nightly` (its own process: Prefect, Ray, manifest)."""
-    root = scratch / "flow-root"
+    wall, summary, rows = nightly([("clip", video)], [("clip", "xx", audio)], scratch / "flow")
+    stages = dict(rows[0]["stage_seconds"]) if rows and rows[0]["stage_seconds"] else {}
+    return {"process_wall_s": wall, "flow_wall_s": summary["wall_s"], "video_s": summary["video_seconds"],
+            "succeeded": summary["succeeded"], "stages": stages}
+
+
+def nightly(videos: list[tuple[str, Path]], requests: list[tuple[str, str, Path]],
+            scratch: Path) -> tuple[float, dict, list]:
+    """Ingest a fresh catalog under ``scratch`` and time `resync run nightly` over it in its own
+    process: (process wall seconds, the run summary, the manifest rows)."""
+    root = scratch / "root"
     listing = scratch / "listings"
     listing.mkdir(parents=True, exist_ok=True)
-    (listing / "videos.csv").write_text(f"video_id,uri,speaker_id\nclip,{video},spk\n")
-    (listing / "requests.csv").write_text(f"video_id,language,audio_uri\nclip,xx,{audio}\n")
+    (listing / "videos.csv").write_text("video_id,uri,speaker_id\n" + "".join(f"{v},{u},spk\n" for v, u in videos))
+    (listing / "requests.csv").write_text("video_id,language,audio_uri\n"
+                                          + "".join(f"{v},{lang},{u}\n" for v, lang, u in requests))
     env = {**os.environ, "RESYNC_ROOT": str(root), "RESYNC_ALLOWED_ROOTS": json.dumps([str(SHARED), str(scratch)]),
-           "RESYNC_FEATURE_CACHE_DIR": str(scratch / "flow-cache"), "PREFECT_HOME": str(scratch / "prefect"),
+           "RESYNC_FEATURE_CACHE_DIR": str(scratch / "cache"), "PREFECT_HOME": str(scratch / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cli = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*cli, "catalog", "ingest", "--videos", str(listing / "videos.csv"), "--requests",
@@ -85,17 +100,79 @@ def through_flow(video: Path, audio: Path, scratch: Path) -> dict:
     summary = json.loads(proc.stdout[proc.stdout.find("{"):])
     from deltalake import DeltaTable
 
-    rows = DeltaTable(str(root / "manifests" / "dubs")).to_pyarrow_table(columns=["stage_seconds"]).to_pylist()
-    stages = dict(rows[0]["stage_seconds"]) if rows and rows[0]["stage_seconds"] else {}
-    return {"process_wall_s": wall, "flow_wall_s": summary["wall_s"], "video_s": summary["video_seconds"],
-            "succeeded": summary["succeeded"], "stages": stages}
+    rows = DeltaTable(str(root / "manifests" / "dubs")).to_pyarrow_table(
+        columns=["video_id", "language", "status", "stage_seconds"]).to_pylist()
+    return wall, summary, rows
+
+
+CATALOG_CLIPS = ("speaker_map_5s.mp4", "speaker_glasses_5s.mp4", "address_man_10s.mp4", "address_woman_mpeg4_8s.mp4",
+                 "interview_man_vfr_6s.mp4", "vlog_woman_vertical_10s.mp4")
+CATALOG_AUDIO = {"de": "german1.wav", "fr": "french1.wav"}
+
+
+def catalog_items(n: int | None) -> list[tuple[str, str, str]]:
+    """The first ``n`` (default all) of (clip, language, audio): every catalog clip in both languages."""
+    items = [(clip, lang, audio) for clip in CATALOG_CLIPS for lang, audio in CATALOG_AUDIO.items()]
+    return items[:n] if n else items
+
+
+def through_flow_catalog(items: list[tuple[str, str, str]], scratch: Path) -> dict:
+    """A small catalog through `resync run nightly`: each clip is tracked once for all its languages,
+    and dubbed while the next clips are tracked. Stage seconds are means per succeeded item;
+    ``track_s`` is a video's (shared by its languages), so it is also given per video."""
+    clips = list(dict.fromkeys(clip for clip, _, _ in items))
+    vid = {clip: f"c{i}" for i, clip in enumerate(clips)}
+    wall, summary, rows = nightly([(vid[c], SHARED / "videos" / c) for c in clips],
+                                  [(vid[c], lang, SHARED / "audio" / a) for c, lang, a in items], scratch / "catalog")
+    done = [r for r in rows if r["status"] == "succeeded"]
+    ok = [dict(r["stage_seconds"] or []) for r in done]
+    keys = list(dict.fromkeys(k for st in ok for k in st))
+    means = {k: sum(st.get(k, 0.0) for st in ok) / len(ok) for k in keys} if ok else {}
+    per_video = {r["video_id"]: st.get("track_s", 0.0) for r, st in zip(done, ok)}
+    return {"items": len(items), "videos": len(clips), "process_wall_s": wall, "flow_wall_s": summary["wall_s"],
+            "video_s": summary["video_seconds"], "succeeded": summary["succeeded"], "failed": summary["failed"],
+            "failures": summary["failures"], "stage_means": means,
+            "track_s_per_video": sum(per_video.values()) / len(per_video) if per_video else 0.0}
+
+
+def print_catalog(item: dict, end_to_end: float, flow: dict | None, catalog: dict) -> None:
+    """The catalog run beside the single item and the 1-item flow: realtime factors, then the flow's
+    fixed costs per item (manifest stage seconds)."""
+    t = Table(title=f"catalog: {catalog['items']} items ({catalog['videos']} clips x languages), nightly flow")
+    for col in ("path", "items", "video s", "wall s", "realtime x", "wall s / item"):
+        t.add_column(col)
+    t.add_row("single item (resync dub)", "1", f"{item['video_s']:.1f}", f"{end_to_end:.1f}",
+              f"{item['video_s'] / end_to_end:.2f}", f"{end_to_end:.1f}")
+    runs = [("nightly flow, 1 item", 1, flow)] if flow else []
+    runs.append(("nightly flow, catalog", catalog["items"], catalog))
+    for name, n, r in runs:
+        for wall in ("process_wall_s", "flow_wall_s"):
+            t.add_row(f"{name} ({wall.split('_')[0]} wall)", str(n), f"{r['video_s']:.1f}", f"{r[wall]:.1f}",
+                      f"{r['video_s'] / r[wall]:.2f}" if r[wall] > 0 else "-", f"{r[wall] / n:.1f}")
+    console.print(t)
+    if catalog["failed"]:
+        console.print(f"[red]catalog: {catalog['failed']} items failed[/red] {catalog['failures']}")
+    stages = Table(title="nightly flow, stage seconds per item (manifest means)")
+    for col in ("stage", "1 item", f"catalog ({catalog['succeeded']} items)"):
+        stages.add_column(col)
+    one = flow["stages"] if flow else {}
+    for k in dict.fromkeys([*one, *catalog["stage_means"]]):
+        stages.add_row(k, f"{one[k]:.2f}" if k in one else "-",
+                       f"{catalog['stage_means'][k]:.2f}" if k in catalog["stage_means"] else "-")
+    stages.add_row("track_s per video (tracked once)", f"{one['track_s']:.2f}" if "track_s" in one else "-",
+                   f"{catalog['track_s_per_video']:.2f}")
+    console.print(stages)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip", default="address_man_long_60s.mp4", help="video in ../shared/data/videos")
     ap.add_argument("--audio", default="english_commentary_60s.wav", help="audio in ../shared/data/audio")
-    ap.add_argument("--skip-flow", action="store_true", help="measure only the floor and the single-item path")
+    ap.add_argument("--skip-flow", action="store_true", help="leave out the same item through the nightly flow")
+    ap.add_argument("--skip-catalog", action="store_true", help="leave out the catalog run through the nightly flow")
+    ap.add_argument("--flow-items", type=int, default=None, metavar="N",
+                    help=f"items of the catalog run: the first N of {len(CATALOG_CLIPS)} short clips x "
+                         f"{len(CATALOG_AUDIO)} languages, clip by clip (default all {len(catalog_items(None))})")
     ap.add_argument("--scratch", default=str(REPO / ".work" / "bench-throughput"))
     args = ap.parse_args()
     video, audio = SHARED / "videos" / args.clip, SHARED / "audio" / args.audio
@@ -111,6 +188,7 @@ def main() -> None:
     floor = ffmpeg_floor(video, s.output_crf, s.output_preset, scratch)
     item = single_item(video, audio, scratch)
     flow = None if args.skip_flow else through_flow(video, audio, scratch)
+    catalog = None if args.skip_catalog else through_flow_catalog(catalog_items(args.flow_items), scratch)
 
     n, vs = item["frames"], item["video_s"]
     stages = Table(title=f"single item: {args.clip} ({n} frames, {vs:.1f} s) + {args.audio}")
@@ -143,9 +221,12 @@ def main() -> None:
     if flow and flow["stages"]:
         console.print("nightly flow, the item's stage seconds (manifest): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in flow["stages"].items()))
+    if catalog:
+        print_catalog(item, end_to_end, flow, catalog)
     out = REPO / "bench" / "results" / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clip": args.clip, "audio": args.audio, "floor_s": floor, "item": item, "flow": flow}, indent=1))
+    out.write_text(json.dumps({"clip": args.clip, "audio": args.audio, "floor_s": floor, "item": item, "flow": flow,
+                               "catalog": catalog}, indent=1))
     console.print(f"results: {out}")
 
 
