@@ -17,7 +17,6 @@ on every clip of ``../shared/data`` (the tests check frames against FFmpeg's own
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from catalogs.storage import Storage, is_s3
 
 DEFAULT_CHUNK = 64
 DEFAULT_CHUNK_MB = 96.0
-log = logging.getLogger(__name__)
+MAX_MISSING_AT_END = 2       # frames a decoder may leave out at the end before the file counts as broken
 
 
 @dataclass(frozen=True)
@@ -122,9 +121,12 @@ class VideoSource:
             stream = container.streams.video[0]
             self._time_base = float(stream.time_base)
             pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
-            start = stream.start_time
+            start, declared = stream.start_time, int(stream.frames or 0)
         if not pts:
             raise ResyncError(ErrorClass.DECODE_ERROR, "no frames", item=self.uri)
+        if declared and len(pts) < declared:      # the index lists frames whose data is not in the file
+            raise ResyncError(ErrorClass.DECODE_ERROR, f"truncated: {len(pts)} of the {declared} frames its index "
+                              "lists are in the file", item=self.uri)
         pts = np.unique(np.asarray(pts, np.int64))
         self._start = int(start) if start is not None else int(pts[0])
         return pts
@@ -185,8 +187,9 @@ class VideoSource:
 
     def _source_frames(self, first: int, max_side: int | None) -> Iterator[tuple[int, np.ndarray]]:
         """(source index, upright RGB frame) from ``first`` on, each index once, in order. A frame the
-        decoder skips repeats the one before it, so indices always line up with the timestamps; past
-        the last decodable frame, the last one repeats."""
+        decoder skips repeats the one before it, so indices always line up with the timestamps; a
+        stream that fails to decode, or ends more than ``MAX_MISSING_AT_END`` frames early, is a
+        ``decode_error``."""
         n = len(self._pts)
         with av.open(self._path) as container:
             stream = container.streams.video[0]
@@ -210,14 +213,13 @@ class VideoSource:
                         expect += 1
                     yield k, image
                     last, expect = image, k + 1
-            except av.FFmpegError as e:
-                if last is None:
-                    raise ResyncError(ErrorClass.DECODE_ERROR, f"frames from {first} do not decode ({e})",
-                                      item=self.uri) from e
-                log.warning("%s: decoding stopped at frame %d (%s); the last good frame repeats", self.uri, expect, e)
-            if last is None:
-                raise ResyncError(ErrorClass.DECODE_ERROR, f"frame {first} does not decode", item=self.uri)
-            while True:                            # past the end (a truncated stream): hold the last frame
+            except av.FFmpegError as e:       # corrupt data: an error, never frozen frames in an output
+                raise ResyncError(ErrorClass.DECODE_ERROR, f"frame {expect} does not decode ({e})",
+                                  item=self.uri) from e
+            if last is None or n - expect > MAX_MISSING_AT_END:
+                raise ResyncError(ErrorClass.DECODE_ERROR, f"the stream ends after {expect} of its {n} frames",
+                                  item=self.uri)
+            while True:                # a decoder that drops the last frame or two: the last one repeats
                 yield expect, last
                 expect += 1
 

@@ -115,6 +115,21 @@ def test_broken_files_raise_typed_errors(shared_data, tmp_path):
     assert e.value.error_class == ErrorClass.MISSING_FILE
 
 
+def test_a_file_cut_after_its_index_is_a_decode_error_not_frozen_frames(shared_data, tmp_path):
+    """The index (moov first, +faststart) lists every frame but half the data is gone: decoding
+    what is there and repeating its last frame would publish a dub that freezes halfway."""
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(shared_data / "videos" / "speaker_glasses_5s.mp4"), "-c", "copy",
+                    "-movflags", "+faststart", str(whole)], check=True)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ResyncError) as e:
+        with VideoSource(STORAGE, str(cut)):
+            pass
+    assert e.value.error_class == ErrorClass.DECODE_ERROR and "truncated" in str(e.value)
+
+
 def test_video_from_s3(s3_settings, shared_data):
     uris = stage(s3_settings, {"clip.mp4": shared_data / "videos" / "speaker_map_5s.mp4"})
     with VideoSource(Storage(s3_settings), uris["clip.mp4"]) as v:
