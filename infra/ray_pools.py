@@ -103,12 +103,12 @@ class DubbingWorker:
 
         return dub_item(self.storage, self.settings, job, self.models)
 
-    def warm(self, model_uri: str) -> float:
-        """Load a model and its compiled generator before the first item needs them (sent while
-        the shard's videos are being tracked); returns the seconds it took."""
+    def warm(self, model_uri: str, frame_sizes: list[tuple[int, int]] | None = None) -> float:
+        """Load a model and compile its generator for the batches of the shard's videos (sent while
+        they are being tracked) before the first item needs them; returns the seconds it took."""
         from tasks.dub_item import warm_model
 
-        return warm_model(self.settings, self.models, model_uri)
+        return warm_model(self.settings, self.models, model_uri, frame_sizes or ())
 
     def pid(self) -> int:
         return os.getpid()

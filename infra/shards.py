@@ -18,6 +18,7 @@ from catalogs.errors import ErrorClass
 from catalogs.manifest import DubManifest
 from catalogs.plan import Shard
 from catalogs.registry import ModelRegistry
+from catalogs.schemas import VIDEOS_TABLE
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from infra.ray_pools import Calls, Pools, drive
@@ -40,6 +41,16 @@ class ShardOutcome:
 def model_uris(tables: DeltaTables) -> dict[str, str]:
     """Registry version -> URI."""
     return {r["version"]: r["uri"] for r in ModelRegistry(tables).models()}
+
+
+def frame_sizes(tables: DeltaTables, video_ids: set[str]) -> list[tuple[int, int]]:
+    """(width, height) of these catalog videos, as probed at ingest (the generator's batch for a
+    video follows from its frame size)."""
+    if not tables.exists(VIDEOS_TABLE):
+        return []
+    videos = tables.read(VIDEOS_TABLE, columns=["video_id", "width", "height"]).to_pylist()
+    return sorted({(int(v["width"]), int(v["height"])) for v in videos
+                   if v["video_id"] in video_ids and v["width"] and v["height"]})
 
 
 def worker_error(e: Exception, settings: Settings) -> str:
@@ -129,10 +140,11 @@ def process_shard(settings: Settings, pools: Pools, run_id: str, shard: Shard,
                     settings.render_config) for it in items]
 
     # Track each video once (a video dubbed into many languages shares one track), while the dubbing
-    # actors load the shard's first model and compile its generator; a video's items are dubbed as
-    # soon as its track is ready, while the next videos are still being tracked.
+    # actors load the shard's first model and compile its generator for the batches of the shard's
+    # frame sizes; a video's items are dubbed as soon as its track is ready, while the next videos
+    # are still being tracked.
     if jobs[0].model_uri:
-        pools.dubbing.broadcast("warm", jobs[0].model_uri)
+        pools.dubbing.broadcast("warm", jobs[0].model_uri, frame_sizes(tables, {it.video_id for it in items}))
     rows = ShardPipeline(settings, pools, jobs, on_item).run(deadline)
 
     # One atomic commit for the shard.

@@ -13,6 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterable
 
 from catalogs.delta import DeltaTables
 from catalogs.errors import ErrorClass, ResyncError, classify
@@ -26,6 +27,7 @@ from models.resyncer import ReSyncer
 from models.sync_expert import SyncExpert
 from tasks import model_store
 from tasks.audio import SAMPLE_RATE, Audio, load_audio
+from tasks.decode import chunk_frames
 from tasks.dub_plan import fit_audio_length, renderable
 from tasks.lipsync import DubInputs, DubResult, dub
 from tasks.redraw import warm_generator
@@ -84,7 +86,7 @@ class ModelCache:
     settings: Settings
     loaded: dict[str, tuple[ReSyncer, AudioFeatures]] = field(default_factory=dict)
     speech_timer: SpeechTimer | None = None
-    warmed: set[str] = field(default_factory=set)
+    warmed: set[tuple[str, int]] = field(default_factory=set)  # (model URI, generator batch)
     expert: SyncExpert | None = None
 
     def sync_expert(self) -> SyncExpert:
@@ -107,17 +109,22 @@ class ModelCache:
         return self.loaded[uri]
 
 
-def warm_model(settings: Settings, models: ModelCache, model_uri: str) -> float:
-    """Load ``model_uri`` and run its generator once, so the first item does not wait for the load
-    and the compile (about 7 s from Inductor's disk cache here). Never raises: a model that does
-    not load fails its items with their own error later."""
+def warm_model(settings: Settings, models: ModelCache, model_uri: str,
+               frame_sizes: Iterable[tuple[int, int]] = ()) -> float:
+    """Load ``model_uri`` and run its generator once per batch the coming videos will use (one per
+    distinct chunk length of ``frame_sizes``, (width, height); ``decode_chunk`` frames when none
+    is given), so the first item does not wait for the load and the compile (about 7 s from
+    Inductor's disk cache here, about 45 s for a batch this machine never compiled). Never raises:
+    a model that does not load fails its items with their own error later."""
     t = time.perf_counter()
-    if model_uri in models.warmed:
+    batches = {chunk_frames(w, h, settings.decode_chunk, settings.decode_chunk_mb) for w, h in frame_sizes}
+    todo = sorted(b for b in batches or {settings.decode_chunk} if (model_uri, b) not in models.warmed)
+    if not todo:
         return 0.0
     try:
         model, _ = models.get(model_uri)
-        warm_generator(settings, model)
-        models.warmed.add(model_uri)
+        warm_generator(settings, model, todo)
+        models.warmed.update((model_uri, b) for b in todo)
     except Exception as e:  # noqa: BLE001 - warming is an optimisation; the items report the real error
         log.warning("warming model %s failed: %s", model_uri, e)
     return time.perf_counter() - t

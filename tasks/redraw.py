@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -146,16 +146,21 @@ def torch_threads(workers: int, model: ReSyncer) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def warm_generator(settings: Settings, model: ReSyncer) -> None:
-    """Run the generator once on a blank batch the way ``dub`` runs it (same precision, compile
-    setting, batch and threads), so that a long-lived worker compiles before its first item."""
-    size, batch = model.size, settings.decode_chunk
+def warm_generator(settings: Settings, model: ReSyncer, batches: Iterable[int] = ()) -> None:
+    """Run the generator once per batch on a blank batch the way ``dub`` runs it (same precision,
+    compile setting and threads), so that a long-lived worker compiles before its first item.
+
+    The compiled generator is built for one batch, and a dub's batch is its chunk length (fewer
+    frames for large videos, ``tasks.decode.chunk_frames``): ``batches`` are those of the videos to
+    come, ``settings.decode_chunk`` when none is given."""
+    size = model.size
     blank = np.zeros((1, size, size, 3), np.uint8)
     codes = model.reference_codes(to_tensor(blank)[0])
     workers = redraw_workers(settings, model)
     with ThreadPoolExecutor(1, thread_name_prefix="redraw") as pool, torch_threads(workers, model):
-        pool.submit(model.render, torch.zeros(batch, 1, size, size), torch.zeros(batch, 3, size, size), codes,
-                    settings.amp_inference, settings.compile_generator, batch).result()
+        for batch in sorted(set(batches) or {settings.decode_chunk}):
+            pool.submit(model.render, torch.zeros(batch, 1, size, size), torch.zeros(batch, 3, size, size), codes,
+                        settings.amp_inference, settings.compile_generator, batch).result()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import ray
 
@@ -20,6 +21,7 @@ from catalogs.delta import DeltaTables
 from catalogs.manifest import DubManifest
 from catalogs.plan import PlannedItem, Shard
 from catalogs.registry import ModelRecord, ModelRegistry
+from catalogs.schemas import VIDEOS, VIDEOS_TABLE
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from infra.ray_pools import ActorPool, Pools, connect, shutdown
@@ -56,8 +58,8 @@ class FakeDubber:
     def __init__(self, events: str) -> None:
         self.events = events
 
-    def warm(self, model_uri: str) -> float:
-        log_event(self.events, what="warm", model=model_uri)
+    def warm(self, model_uri: str, frame_sizes: list[tuple[int, int]] | None = None) -> float:
+        log_event(self.events, what="warm", model=model_uri, frame_sizes=frame_sizes)
         return 0.0
 
     def pid(self) -> int:
@@ -103,12 +105,21 @@ def shard(*items: tuple[str, str], model: str = "v1", shard_id: str = "shard-0")
                                               model, None, video_sha256=f"sha-{video}") for video, lang in items))
 
 
+def catalog_videos(settings: Settings, sizes: dict[str, tuple[int, int]]) -> None:
+    """Rows of the catalog's videos table for these video ids (what ingest would have probed)."""
+    tables = DeltaTables(Storage(settings))
+    tables.ensure(VIDEOS_TABLE)
+    rows = [{"video_id": v, "uri": v, "width": w, "height": h, "sha256": f"sha-{v}"} for v, (w, h) in sizes.items()]
+    tables.append(VIDEOS_TABLE, pa.Table.from_pylist(rows, schema=VIDEOS), {"resync_op": "test"})
+
+
 def events_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_a_videos_items_are_dubbed_while_the_next_video_is_still_tracked(shard_settings, tmp_path):
     events = tmp_path / "events.jsonl"
+    catalog_videos(shard_settings, {"fast": (1920, 1080), "slow": (256, 256), "other": (640, 480)})
     pools = fake_pools(events, {"slow": 4.0})
     finished: list[tuple[str, str, float]] = []
     try:
@@ -122,6 +133,7 @@ def test_a_videos_items_are_dubbed_while_the_next_video_is_still_tracked(shard_s
     assert (out.succeeded, out.failed) == (4, 0)
     log = events_of(events)
     assert [e["what"] for e in log if e["what"] in ("warm", "dub-start")][0] == "warm"
+    assert next(e for e in log if e["what"] == "warm")["frame_sizes"] == [[256, 256], [1920, 1080]]  # the shard's videos
     slow_tracked = next(e["t"] for e in log if e["what"] == "track-end" and e["video"] == "slow")
     fast_dubbed = [e["t"] for e in log if e["what"] == "dub-end" and e["video"] == "fast"]
     assert len(fast_dubbed) == 2 and max(fast_dubbed) < slow_tracked          # the overlap, on the actors' clocks

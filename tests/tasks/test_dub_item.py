@@ -12,7 +12,8 @@ from catalogs.manifest import DubManifest
 from catalogs.plan import PlannedItem
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from tasks.dub_item import ItemJob, ModelCache, dub_item, output_uri, row, track_item
+from tasks.decode import chunk_frames
+from tasks.dub_item import ItemJob, ModelCache, dub_item, output_uri, row, track_item, warm_model
 from tasks.qa import review_reasons
 from tasks.qa_report import latest_attempts, qa_table
 
@@ -87,3 +88,19 @@ def test_an_item_is_not_dubbed_with_a_model_of_another_render_config(tmp_path: P
     assert (r["status"], r["error_class"], r["render_config"]) == ("failed", "model_error", "full")
     assert "'cpu'" in r["error"] and "'full'" in r["error"]
     assert not storage.exists(job.output_uri)
+
+
+def test_a_worker_warms_the_generator_for_the_batches_of_the_videos_to_come(tmp_path: Path):
+    """The generator's batch is a dub's chunk length, fewer frames for large videos: warming
+    compiles one per distinct chunk length of the shard's frame sizes, and each only once."""
+    settings = Settings(root=str(tmp_path / "root"))
+    models = ModelCache(Storage(settings), settings)
+    uri = "bundled://base-cpu"
+    hd = chunk_frames(1920, 1080, settings.decode_chunk, settings.decode_chunk_mb)
+    assert hd < settings.decode_chunk == chunk_frames(256, 256, settings.decode_chunk, settings.decode_chunk_mb)
+    assert warm_model(settings, models, uri, [(1920, 1080), (1080, 1920), (256, 256)]) > 0
+    assert models.warmed == {(uri, hd), (uri, settings.decode_chunk)}
+    assert warm_model(settings, models, uri, [(256, 256), (1920, 1080)]) == 0.0       # nothing new to compile
+    sd = chunk_frames(1280, 720, settings.decode_chunk, settings.decode_chunk_mb)
+    assert warm_model(settings, models, uri, [(1280, 720)]) > 0
+    assert models.warmed == {(uri, hd), (uri, sd), (uri, settings.decode_chunk)}
