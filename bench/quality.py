@@ -167,6 +167,11 @@ class ClipParts:
     reference: np.ndarray       # reference crop (model size) from the fit part
 
 
+def clip_uri(name: str) -> str:
+    """A clip of ``videos/`` by its name, or any clip of the shared data by its path under it."""
+    return str(SHARED / name) if "/" in name else str(SHARED / "videos" / name)
+
+
 def cut_clip(storage: Storage, settings: Settings, uri: str, fit_fraction: float, size: int, window: int,
              scratch: Path) -> ClipParts:
     whole = track_for(storage, settings, uri)
@@ -177,7 +182,7 @@ def cut_clip(storage: Storage, settings: Settings, uri: str, fit_fraction: float
     fit, ev = track_for(storage, settings, fit_uri), track_for(storage, settings, eval_uri)
     usable = renderable(fit)
     style = reference_window(fit.displacements, usable, window)
-    r = reference_frame(fit, usable)
+    r = reference_frame(fit, usable, settings.reference_opening)
     with VideoSource(storage, fit_uri) as video:
         reference = warp_crop(video.frame(r), crop_matrices(fit, size, settings.crop_size)[r], size)
     return ClipParts(stem, fit_uri, eval_uri, fit, ev, style, reference)
@@ -196,16 +201,19 @@ def retrieval_motion(parts: ClipParts, predicted: np.ndarray) -> np.ndarray:
 
 
 def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, features, cache, budgets: tuple[float, float],
-               fit_fraction: float, identity: FaceIdentity, scratch: Path, expert: SyncExpert) -> tuple[dict[str, Scores], dict]:
+               fit_fraction: float, identity: FaceIdentity, scratch: Path, expert: SyncExpert,
+               methods: tuple[str, ...] = METHODS) -> tuple[dict[str, Scores], dict]:
     size, window = base.size, base.config.syncformer.style_window
     parts = cut_clip(storage, settings, uri, fit_fraction, size, window, scratch)
     ev = parts.eval
 
     # 1. The speaker model: `resync model finetune` on the fit part, the default recipe within the budget.
     t0 = time.perf_counter()
-    plan = finetune_plan(base.config.name).with_budgets(*budgets)
-    speaker, summary = finetune_speaker(storage, settings, base, [parts.fit_uri], scratch / f"{parts.name}-speaker",
-                                        features, parts.name, cache, plan, say=lambda s: None)
+    speaker, summary = base, {"syncformer": {"steps": 0}, "generator": {"steps": 0}}
+    if "personalized" in methods:
+        plan = finetune_plan(base.config.name).with_budgets(*budgets)
+        speaker, summary = finetune_speaker(storage, settings, base, [parts.fit_uri], scratch / f"{parts.name}-speaker",
+                                            features, parts.name, cache, plan, say=lambda s: None)
     train_s = time.perf_counter() - t0
 
     # 2. Every method is a `resync dub` of the eval part (its own audio; style and reference from the fit part).
@@ -215,7 +223,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
               "retrieval": (base, retrieval_motion(parts, predicted)),
               "static": (base, np.zeros_like(ev.displacements))}
     outputs = {}
-    for name, (model, motion) in drives.items():
+    for name, (model, motion) in ((m, drives[m]) for m in methods):
         out = str(scratch / f"{parts.name}-{name}.mp4")
         dub(storage, settings, parts.eval_uri, DubInputs(parts.eval_uri, displacements=motion,
                                                          style_displacements=parts.style, reference_crop=parts.reference),
@@ -236,7 +244,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
         return judge_sync(expert, full, ev.timestamps, samples)
 
     scores = {m: score(aligned_crops(storage, outputs[m], ev.crop, frames, settings.crop_size), truths, masks256,
-                       gt_marks, judge, identity) for m in METHODS}
+                       gt_marks, judge, identity) for m in methods}
     pred_open = mouth_opening(planned_meshes(ev, predicted)[0][frames])
     info = {"fit_frames": int(parts.fit.n_frames), "eval_frames": int(len(frames)), "train_s": round(train_s, 1),
             "sync_steps": summary["syncformer"]["steps"], "gen_steps": summary["generator"]["steps"],
@@ -351,12 +359,12 @@ def report_quality(per_clip: dict[str, dict], names: list[str], base: ReSyncer, 
         t.add_column(head, justify="right")
     t.add_column("LMD / static", justify="right")
     static_lmd = np.nanmean([per_clip[c]["static"]["lmd"] for c in names])
-    for m in METHODS:
+    for m in args.methods:
         vals = {k: np.nanmean([abs(per_clip[c][m][k]) if k == "av_offset" else per_clip[c][m][k] for c in names])
                 for k in (f.name for f in fields(Scores))}
         t.add_row(m, *[format(vals[k], fmt) for _, k, fmt in cols], f"{vals['lmd'] / static_lmd:.2f}")
     console.print(t)
-    for m in ("zero_shot", "personalized"):
+    for m in (m for m in ("zero_shot", "personalized") if m in args.methods):
         per = Table(title=f"per clip: {m} (static)")
         for col in ("clip", "fit/eval frames", "open frames", "train s", "opening corr", "amplitude", "mesh corr/amp",
                     "LMD", "interior bright", "sharpness", "identity"):
@@ -464,7 +472,12 @@ def swap_row(storage: Storage, settings: Settings, model: ReSyncer, features, tr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", nargs="*", default=None, help="clip names in ../shared/data/videos (default: all)")
+    ap.add_argument("--clips", nargs="*", default=None,
+                    help="clip names in ../shared/data/videos (default: all), or paths under ../shared/data "
+                         "(train/NAME.mp4: the base's held-out validation speakers, to choose a setting on)")
+    ap.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=METHODS,
+                    help=f"comma-separated rows of the quality table (default: {','.join(METHODS)}; static is "
+                         "always scored, as the LMD reference)")
     ap.add_argument("--model", default=None, help="base model folder (default: the bundled base)")
     defaults = finetune_plan()
     ap.add_argument("--sync-seconds", type=float, default=defaults.syncformer.time_budget_s,
@@ -479,6 +492,7 @@ def main() -> None:
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / ".work" / "bench-root"),
                     help="storage root for cached tracks and features")
     args = ap.parse_args()
+    args.methods = tuple(m for m in METHODS if m in set(args.methods) | {"static"})
     torch.set_num_threads(2)
     settings = Settings(root=args.root, allowed_roots=[str(SHARED), args.root])
     storage = Storage(settings)
@@ -499,16 +513,19 @@ def main() -> None:
     sync_rows: list[dict] = []
     expert = load_sync_expert(settings.sync_expert_dir)[0]
 
+    dub_settings = {k: getattr(settings, k) for k in ("reference_opening", "motion_gain", "detail_transfer", "rest_min_pause_s")}
+
     def save() -> None:
         """Written after every clip and section: a long run that is stopped keeps what it measured."""
-        out.write_text(json.dumps({"base": base.version, "args": vars(args), "clips": per_clip, "foreign": foreign,
+        out.write_text(json.dumps({"base": base.version, "args": vars(args), "dub_settings": dub_settings, "clips": per_clip, "foreign": foreign,
                                    "cv": cv, "modes": mode_results, "sync": sync_rows, "wall_s": time.perf_counter() - started},
                                   indent=2, default=float))
 
     for name in names if "quality" in sections else []:
         console.print(f"[bold]{name}[/bold]: finetune on the first {args.fit_fraction:.0%}, dub the rest ...")
-        scores, info = bench_clip(storage, settings, base, str(SHARED / "videos" / name), features, cache,
-                                  (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch, expert)
+        scores, info = bench_clip(storage, settings, base, clip_uri(name), features, cache,
+                                  (args.sync_seconds, args.gen_seconds), args.fit_fraction, identity, scratch, expert,
+                                  args.methods)
         per_clip[name] = {"info": info, **{m: s.__dict__ for m, s in scores.items()}}
         save()
         console.print("  " + ", ".join(f"{m} corr {s.opening_corr:.2f} amp {s.amplitude:.2f} inside {s.interior_brightness:.2f}"
@@ -519,13 +536,13 @@ def main() -> None:
     if "sync" in sections:
         console.print("[bold]sync expert calibration[/bold] on the whole clips ...")
         for k, name in enumerate(names):
-            track = track_for(storage, settings, str(SHARED / "videos" / name))
+            track = track_for(storage, settings, clip_uri(name))
             other = names[(k + 1) % len(names)]
             seconds = video_duration(track)
-            own = fit_audio_length(load_audio(storage, str(SHARED / "videos" / name)).samples, seconds)
+            own = fit_audio_length(load_audio(storage, clip_uri(name)).samples, seconds)
             alien = fit_audio_length(load_audio(storage, str(SHARED / "videos" / other)).samples, seconds)
             r = calibration(expert, track.raw, track.timestamps, track.fps, own, alien)
-            r["dub"] = dub_sync(storage, settings, base, features, cache, str(SHARED / "videos" / name), track, expert,
+            r["dub"] = dub_sync(storage, settings, base, features, cache, clip_uri(name), track, expert,
                                 scratch)
             sync_rows.append({"clip": name, "other": other, **{f"{case}_{key}": v for case, sc in r.items()
                                                                for key, v in sc.as_dict().items()}})
@@ -536,7 +553,7 @@ def main() -> None:
         console.print("[bold]cross-language[/bold]: zero-shot dubs with foreign tracks, the mouth in the pauses ...")
         for k, name in enumerate(names):
             pair = (FOREIGN[k % len(FOREIGN)], FOREIGN[(k + 4) % len(FOREIGN)])
-            foreign += foreign_rows(storage, settings, base, str(SHARED / "videos" / name), features, cache, pair,
+            foreign += foreign_rows(storage, settings, base, clip_uri(name), features, cache, pair,
                                     args.fit_fraction, scratch)
             save()
         ft = Table(title="translated tracks, zero-shot: the mouth in the pauses (targets <= 1.2x closed; <= 0.3x motion)")
@@ -550,7 +567,7 @@ def main() -> None:
     if args.cv_seconds > 0 and "cv" in sections:
         console.print(f"[bold]speaker-disjoint cross-validation[/bold] ({args.folds} folds over train/ and videos/) ...")
         uris, speakers = labelled_videos(storage, str(TRAIN_LISTING))
-        uris += [str(SHARED / "videos" / n) for n in names]
+        uris += [clip_uri(n) for n in names]
         speakers += [f"videos/{n}" for n in names]
         tracks = [track_for(storage, settings, u) for u in uris]
         clips = [prepare_clip(storage, settings, u, base.size, features, cache, tr, base.config.syncformer.audio_offsets)

@@ -71,14 +71,16 @@ def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int)
     return d[best: best + length]
 
 
-def reference_frame(track: TrackResult, usable: np.ndarray) -> int:
-    """The frame whose crop stands for the person: frontal and with a median mouth opening."""
+def reference_frame(track: TrackResult, usable: np.ndarray, opening_quantile: float = 0.5) -> int:
+    """The frame whose crop stands for the person: frontal, with its mouth opening nearest the
+    ``opening_quantile`` of the video's (0.5: a typical mouth; higher: an open one, whose teeth
+    and inner lips the generator can copy)."""
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         raise ResyncError(ErrorClass.NO_FACE, "no usable face frame for a reference crop")
     opening = np.nan_to_num(mouth_opening(track.smoothed[idx]))
     yaw = np.abs(np.nan_to_num(track.euler[idx, 0]))
-    score = np.abs(opening - np.median(opening)) / (opening.std() + 1e-6) + yaw / 15.0
+    score = np.abs(opening - np.quantile(opening, opening_quantile)) / (opening.std() + 1e-6) + yaw / 15.0
     return int(idx[int(np.argmin(score))])
 
 
@@ -125,6 +127,13 @@ def rest_pose(track: TrackResult, usable: np.ndarray, share: float = 0.1) -> np.
     opening = np.nan_to_num(mouth_opening(track.smoothed[idx]), nan=np.inf)
     keep = idx[opening <= np.quantile(opening[np.isfinite(opening)], share)] if np.isfinite(opening).any() else idx
     return np.nan_to_num(track.displacements[keep]).mean(0).astype(np.float32)
+
+
+def articulate(predicted: np.ndarray, rest: np.ndarray, gain: float) -> np.ndarray:
+    """Predicted motion moved ``gain`` times as far from the speaker's mouth at rest: an L2-trained
+    predictor averages over the mouths a sound allows and under-articulates, and scaling about the
+    closed mouth opens the mouth wider without pushing a closed one through itself."""
+    return (rest[None] + gain * (predicted - rest[None])).astype(np.float32)
 
 
 def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
@@ -205,10 +214,12 @@ def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeature
         predicted = predict_displacements(model, features, cache, samples, track, style)
     except (RuntimeError, ValueError) as e:
         raise ResyncError(ErrorClass.MODEL_ERROR, f"Style-SyncFormer failed: {e}", item=video_uri) from e
+    rest = rest_pose(track, usable)
+    if settings.motion_gain != 1.0:
+        predicted = articulate(predicted, rest, settings.motion_gain)
     if settings.rest_min_pause_s > 0:
         speech = speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps)
-        predicted = rest_in_pauses(predicted, speech, rest_pose(track, usable),
-                                   max(1, int(round(settings.rest_min_pause_s * track.fps))))
+        predicted = rest_in_pauses(predicted, speech, rest, max(1, int(round(settings.rest_min_pause_s * track.fps))))
     return predicted
 
 
@@ -235,5 +246,5 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
 
 
 __all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "planned_meshes", "crop_vertices",
-           "predict_displacements", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
+           "predict_displacements", "articulate", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
            "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses"]

@@ -20,7 +20,7 @@ from tasks import model_store
 from tasks.audio import envelope, load_audio
 from tasks.decode import VideoSource
 from tasks.landmarks import CHIN, LEFT_EYE, LIPS, NOSE_TIP, RIGHT_EYE
-from tasks.dub_plan import fit_audio_length, lower_face_weights, reference_window
+from tasks.dub_plan import articulate, fit_audio_length, lower_face_weights, reference_frame, reference_window, renderable
 from tasks.lipsync import DubInputs, dub
 from tasks.track import track_video
 
@@ -47,6 +47,15 @@ def test_reference_window_takes_the_liveliest_usable_stretch():
     assert e.value.error_class == ErrorClass.NO_FACE
 
 
+def test_articulate_scales_the_motion_about_the_mouth_at_rest():
+    rng = np.random.default_rng(0)
+    predicted = rng.normal(size=(40, 478, 3)).astype(np.float32)
+    rest = rng.normal(size=(478, 3)).astype(np.float32)
+    out = articulate(predicted, rest, 1.5)
+    assert out.dtype == np.float32 and np.allclose(out - rest, 1.5 * (predicted - rest), atol=1e-5)
+    assert np.allclose(articulate(np.repeat(rest[None], 3, 0), rest, 2.0), rest)     # a closed mouth stays closed
+
+
 # --- real clips -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -61,6 +70,19 @@ def map_clip(env):
     settings, storage, *_ , data, _ = env
     uri = str(data / "videos" / "speaker_map_5s.mp4")
     return uri, track_video(storage, settings, uri)
+
+
+def test_the_reference_frame_follows_the_opening_quantile(map_clip):
+    """A higher quantile picks a frame with the mouth more open (teeth for the generator to copy)."""
+    from tasks.landmarks import mouth_opening
+
+    _, track = map_clip
+    usable = renderable(track)
+    opening = mouth_opening(track.smoothed)
+    typical, open_ = reference_frame(track, usable), reference_frame(track, usable, 0.9)
+    assert usable[typical] and usable[open_]
+    assert opening[open_] > opening[typical]
+    assert opening[open_] >= np.nanquantile(opening[usable], 0.75)
 
 
 def frames_of(storage: Storage, uri: str) -> tuple[np.ndarray, np.ndarray, float]:
