@@ -182,7 +182,7 @@ def cut_clip(storage: Storage, settings: Settings, uri: str, fit_fraction: float
     fit, ev = track_for(storage, settings, fit_uri), track_for(storage, settings, eval_uri)
     usable = renderable(fit)
     style = reference_window(fit.displacements, usable, window)
-    r = reference_frame(fit, usable, settings.reference_opening)
+    r = reference_frame(fit, usable)
     with VideoSource(storage, fit_uri) as video:
         reference = warp_crop(video.frame(r), crop_matrices(fit, size, settings.crop_size)[r], size)
     return ClipParts(stem, fit_uri, eval_uri, fit, ev, style, reference)
@@ -513,7 +513,7 @@ def main() -> None:
     sync_rows: list[dict] = []
     expert = load_sync_expert(settings.sync_expert_dir)[0]
 
-    dub_settings = {k: getattr(settings, k) for k in ("reference_opening", "motion_gain", "detail_transfer", "rest_min_pause_s")}
+    dub_settings = {k: getattr(settings, k) for k in ("motion_gain", "detail_transfer", "rest_min_pause_s")}
 
     def save() -> None:
         """Written after every clip and section: a long run that is stopped keeps what it measured."""

@@ -71,16 +71,16 @@ def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int)
     return d[best: best + length]
 
 
-def reference_frame(track: TrackResult, usable: np.ndarray, opening_quantile: float = 0.5) -> int:
-    """The frame whose crop stands for the person: frontal, with its mouth opening nearest the
-    ``opening_quantile`` of the video's (0.5: a typical mouth; higher: an open one, whose teeth
-    and inner lips the generator can copy)."""
+def reference_frame(track: TrackResult, usable: np.ndarray) -> int:
+    """The frame whose crop stands for the person: frontal and with a median mouth opening (an open
+    mouth's frame was measured too: the reference enters the generator as style codes, not pixels,
+    and brought no teeth on the held-out speakers: README, quality)."""
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         raise ResyncError(ErrorClass.NO_FACE, "no usable face frame for a reference crop")
     opening = np.nan_to_num(mouth_opening(track.smoothed[idx]))
     yaw = np.abs(np.nan_to_num(track.euler[idx, 0]))
-    score = np.abs(opening - np.quantile(opening, opening_quantile)) / (opening.std() + 1e-6) + yaw / 15.0
+    score = np.abs(opening - np.median(opening)) / (opening.std() + 1e-6) + yaw / 15.0
     return int(idx[int(np.argmin(score))])
 
 

@@ -132,7 +132,7 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
     if inputs.reference_crop is not None:
         ref = inputs.reference_crop
     else:
-        r = reference_frame(track, plan.usable, settings.reference_opening)
+        r = reference_frame(track, plan.usable)
         ref = warp_crop(video.frame(r), plan.mats[r], model.size)
     codes = model.reference_codes(to_tensor(ref[None])[0])
     texture = (ref, inputs.reference_vertices) if plan.whole_face and inputs.reference_vertices is not None else None

@@ -20,7 +20,7 @@ from tasks import model_store
 from tasks.audio import envelope, load_audio
 from tasks.decode import VideoSource
 from tasks.landmarks import CHIN, LEFT_EYE, LIPS, NOSE_TIP, RIGHT_EYE
-from tasks.dub_plan import articulate, fit_audio_length, lower_face_weights, reference_frame, reference_window, renderable
+from tasks.dub_plan import articulate, fit_audio_length, lower_face_weights, reference_window
 from tasks.lipsync import DubInputs, dub
 from tasks.track import track_video
 
@@ -70,19 +70,6 @@ def map_clip(env):
     settings, storage, *_ , data, _ = env
     uri = str(data / "videos" / "speaker_map_5s.mp4")
     return uri, track_video(storage, settings, uri)
-
-
-def test_the_reference_frame_follows_the_opening_quantile(map_clip):
-    """A higher quantile picks a frame with the mouth more open (teeth for the generator to copy)."""
-    from tasks.landmarks import mouth_opening
-
-    _, track = map_clip
-    usable = renderable(track)
-    opening = mouth_opening(track.smoothed)
-    typical, open_ = reference_frame(track, usable), reference_frame(track, usable, 0.9)
-    assert usable[typical] and usable[open_]
-    assert opening[open_] > opening[typical]
-    assert opening[open_] >= np.nanquantile(opening[usable], 0.75)
 
 
 def frames_of(storage: Storage, uri: str) -> tuple[np.ndarray, np.ndarray, float]:
