@@ -120,7 +120,10 @@ class TrackResult:
         }
 
 
-def _correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 3) -> float | None:
+_MAX_LAG = 3
+
+
+def _correlation(a: np.ndarray, b: np.ndarray, max_lag: int = _MAX_LAG) -> float | None:
     """Best Pearson correlation of two per-frame series within +-``max_lag`` frames (audio and video
     of real footage are often a frame or two apart); None when there is too little to say."""
     best = None
@@ -148,24 +151,29 @@ def track_video(storage: Storage, settings: Settings, uri: str,
     audio = load_audio(storage, uri, required=False)
     audible = audio is not None and audio.samples.size and loudness_lufs(audio) > settings.silence_lufs
     speech = speech_envelope(audio, timestamps) if audible else None  # a silent track says nothing of who speaks
-    per_track = {}
-    for t in tracker.tracks:
-        pts = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
-        for i, obs in t.frames.items():
-            pts[i] = obs.points
-        per_track[t.track_id] = pts
-    summaries = _summaries(per_track, speech, 0, n)
+    del audio
     cuts = sorted(c for c in tracker.cut_frames if 0 < c < n)
+    faces: list[list[tuple[int, float, float, float, float]]] = [[] for _ in range(n)]
+    per_track = {}
+    for t in tracker.tracks:      # each observation is held once: as the tracker's or in its span
+        for i, obs in t.frames.items():
+            if 0 <= i < n:
+                faces[i].append((t.track_id, *obs.box))
+        per_track[t.track_id] = TrackSpan.of(t)
+        t.frames.clear()
+    del tracker
+    summaries = _summaries(per_track, speech, 0, n)
     raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
     shots = []
     for a, b in zip([0, *cuts], [*cuts, n]):
         in_shot = [t for t in _summaries(per_track, speech, a, b) if t.frames > 0]
         speaker = choose_speaker(in_shot) if in_shot else None
         if speaker is not None:
-            raw[a:b] = per_track[speaker][a:b]
+            per_track[speaker].copy_into(raw, a, b)
         shots.append((a, b, speaker))
+    del per_track
     result = _analyse(uri, raw, shots, summaries, timestamps, fps, width, height, cuts, vfr, settings)
-    result.faces = [[(t.track_id, *t.frames[i].box) for t in tracker.tracks if i in t.frames] for i in range(n)]
+    result.faces = faces
     return result
 
 
@@ -211,18 +219,63 @@ def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
     return first
 
 
-def _summaries(per_track: dict[int, np.ndarray], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
+@dataclass
+class TrackSpan:
+    """One face track's landmarks over the frames it spans, NaN where it was not seen.
+
+    Only its own span, never the whole video: a video of many shots has a track per face per shot,
+    and one whole-video array per track grew with length times shots (a 20-s clip looped to 5 min,
+    15 shots: 0.6 GB)."""
+    track_id: int
+    start: int
+    points: np.ndarray      # (stop - start, 478, 3) float32
+
+    @classmethod
+    def of(cls, track) -> "TrackSpan":
+        start, stop = min(track.frames), max(track.frames) + 1
+        pts = np.full((stop - start, N_LANDMARKS, 3), np.nan, np.float32)
+        for i, obs in track.frames.items():
+            pts[i - start] = obs.points
+        return cls(track.track_id, start, pts)
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.points)
+
+    def window(self, a: int, b: int) -> tuple[int, int]:
+        """The part of frames [a, b) this track spans, (lo, hi); empty when lo >= hi."""
+        return max(a, self.start), min(b, self.stop)
+
+    def segment(self, a: int, b: int, pad: int = 0) -> tuple[int, np.ndarray]:
+        """(lo, landmarks of frames [lo, hi)): the part of [a, b) this track spans, widened by ``pad``
+        frames each side (NaN there, still inside [a, b)), so a lagged correlation pairs what a
+        whole-video array would."""
+        lo, hi = max(a, self.start - pad), min(b, self.stop + pad)
+        out = np.full((max(hi - lo, 0), N_LANDMARKS, 3), np.nan, np.float32)
+        s, e = max(lo, self.start), min(hi, self.stop)
+        if s < e:
+            out[s - lo: e - lo] = self.points[s - self.start: e - self.start]
+        return lo, out
+
+    def copy_into(self, out: np.ndarray, a: int, b: int) -> None:
+        """Write this track's landmarks of frames [a, b) into the whole-video array ``out``."""
+        lo, hi = self.window(a, b)
+        if lo < hi:
+            out[lo:hi] = self.points[lo - self.start: hi - self.start]
+
+
+def _summaries(per_track: dict[int, TrackSpan], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
     """Each track's presence, size and speech correlation within frames [a, b)."""
     out = []
-    for tid, pts in per_track.items():
-        seg = pts[a:b]
+    for tid, span in per_track.items():
+        lo, seg = span.segment(a, b, pad=_MAX_LAG)
         present = np.isfinite(seg[:, 0, 0])
         if not present.any():
             out.append(TrackSummary(tid, 0, 0.0, 0.0, None))
             continue
         widths = seg[present, :, 0].max(1) - seg[present, :, 0].min(1)
-        corr = _correlation(mouth_opening(seg), speech[a:b]) if speech is not None else None
-        out.append(TrackSummary(tid, int(present.sum()), float(present.mean()), float(widths.mean()), corr))
+        corr = _correlation(mouth_opening(seg), speech[lo:lo + len(seg)]) if speech is not None else None
+        out.append(TrackSummary(tid, int(present.sum()), float(present.sum()) / max(b - a, 1), float(widths.mean()), corr))
     return out
 
 
@@ -246,7 +299,7 @@ def _analyse(uri: str, raw: np.ndarray, shots: list[tuple[int, int, int | None]]
     restart = np.zeros(n, bool)
     restart[[c for c in cuts if c < n]] = True
     smoothed = one_euro_zero_phase(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
-                        beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0)).astype(np.float32)
+                        beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0), dtype=np.float32)
 
     templates = np.zeros((len(shots), N_LANDMARKS, 3))
     for k, (a, b, _) in enumerate(shots):  # one template per shot: a cut may bring another person
