@@ -96,16 +96,19 @@ def video_duration(track: TrackResult) -> float:
     return float(ts[-1] + step) if len(ts) else 0.0
 
 
-def planned_meshes(track: TrackResult, predicted: np.ndarray,
-                   identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def planned_meshes(track: TrackResult, predicted: np.ndarray, identity: np.ndarray | None = None,
+                   indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(new, old) canonical meshes per frame: below the nose the predicted motion, above it the
     tracked one (the upper face is kept, so its mesh must match the video). With ``identity`` (a
-    face swap) the same motion moves that person's template instead of this speaker's."""
+    face swap) the same motion moves that person's template instead of this speaker's. With
+    ``indices`` only those frames (``predicted`` is still the whole video's): the dub builds them a
+    chunk at a time, so no whole-video mesh is ever held beside the track."""
+    idx = np.arange(track.n_frames) if indices is None else np.asarray(indices)
     weights = lower_face_weights(track.template)[None, :, None]
-    tracked = np.nan_to_num(track.displacements)
-    templates = track.templates[track.shot_index]
+    tracked = np.nan_to_num(track.displacements[idx])
+    templates = track.templates[track.shot_index[idx]]
     shape = templates if identity is None else np.broadcast_to(identity[None], templates.shape)
-    new = shape + tracked * (1 - weights) + np.nan_to_num(predicted) * weights
+    new = shape + tracked * (1 - weights) + np.nan_to_num(predicted[idx]) * weights
     return new.astype(np.float32), (templates + tracked).astype(np.float32)
 
 
@@ -179,26 +182,34 @@ def dub_audio(storage: Storage, settings: Settings, audio_uri: str | None, durat
 
 @dataclass
 class DubPlan:
-    """Per frame, what to draw: the canonical meshes and where the generator's crop sits."""
+    """Per frame, what to draw: the motion below the nose and where the generator's crop sits.
+
+    The meshes themselves (``meshes``) are built from the track a chunk at a time: the plan holds
+    one (T, V, 3) array, the motion, not two whole-video meshes."""
     usable: np.ndarray          # (T,) frames to redraw
-    new_canonical: np.ndarray   # (T, V, 3) the mesh to draw
-    old_canonical: np.ndarray   # (T, V, 3) the tracked mesh (the redraw mask covers both)
+    motion: np.ndarray          # (T, V, 3) displacements to show below the nose (predicted or driven)
+    identity: np.ndarray | None  # (V, 3) another face's template (a face swap), else None
     mats: np.ndarray            # (T, 2, 3) frame -> generator crop
     whole_face: bool            # a face swap: the whole face is redrawn, not only the mouth
     detail_factor: int          # frame texture carried this many times finer than the crop; 0: off
 
+    def meshes(self, track: TrackResult, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(new, old) canonical meshes of frames ``indices``: the mesh to draw, the tracked one."""
+        return planned_meshes(track, self.motion, self.identity, indices)
+
     def crop_vertices(self, track: TrackResult, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(new, old) meshes of frames ``indices`` (all usable) posed into their crops' pixels."""
         def pose(canonical: np.ndarray) -> np.ndarray:
-            return project_to_crop(canonical[indices].astype(np.float64), track.scale[indices].astype(np.float64),
+            return project_to_crop(canonical.astype(np.float64), track.scale[indices].astype(np.float64),
                                    track.rotation[indices].astype(np.float64),
                                    track.translation[indices].astype(np.float64), self.mats[indices])
-        return pose(self.new_canonical), pose(self.old_canonical)
+        new, old = self.meshes(track, indices)
+        return pose(new), pose(old)
 
-    @property
-    def predicted_opening(self) -> np.ndarray:
+    def predicted_opening(self, track: TrackResult, chunk: int = 1024) -> np.ndarray:
         """(T,) the mouth opening the plan intends (QA: did the renderer follow it)."""
-        return mouth_opening(self.new_canonical).astype(np.float32)
+        return np.concatenate([mouth_opening(self.meshes(track, np.arange(a, min(a + chunk, track.n_frames)))[0])
+                               for a in range(0, track.n_frames, chunk)]).astype(np.float32)
 
 
 def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
@@ -237,12 +248,11 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
     else:
         predicted = predicted_motion(settings, model, features, cache, track, usable, samples, style_displacements,
                                      video_uri)
-    new, old = planned_meshes(track, predicted, identity)
     mats = crop_matrices(track, model.size, settings.crop_size)
     whole_face = identity is not None
     factor = detail_factor(mats[usable], settings.detail_max_factor) \
         if settings.detail_transfer and not whole_face else 0   # a swap must not keep the source's skin
-    return DubPlan(usable, new, old, mats, whole_face, factor)
+    return DubPlan(usable, predicted, identity, mats, whole_face, factor)
 
 
 __all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "planned_meshes", "crop_vertices",

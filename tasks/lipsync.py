@@ -101,7 +101,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     timings["dynamics_s"] = time.perf_counter() - t
 
     with VideoSource(storage, video_uri, threads=settings.decode_threads) as video:
-        redrawer = chunk_redrawer(settings, model, track, plan, inputs, video)
+        redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source=observer is not None)
         workdir = tempfile.mkdtemp(prefix="resync-dub-")
         try:
             silent, final = os.path.join(workdir, "video.mp4"), os.path.join(workdir, "dub.mp4")
@@ -122,13 +122,14 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     intended = planned_marks(settings, track, plan, observer_crop) if observer else None
     rendered = sum(redrawn)
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio.seconds, duration,
-                     audio.overhang_s, model.version, timings, plan.predicted_opening, intended, plan.detail_factor)
+                     audio.overhang_s, model.version, timings, plan.predicted_opening(track), intended, plan.detail_factor)
 
 
 def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, inputs: DubInputs,
-                   video: VideoSource) -> ChunkRedrawer:
+                   video: VideoSource, keep_source: bool = True) -> ChunkRedrawer:
     """The redraw stage for this dub, with the reference identity encoded once: the given crop (a
-    face swap) or this video's most typical frontal frame."""
+    face swap) or this video's most typical frontal frame. ``keep_source``: the decoded frames are
+    still needed after compositing (an observer compares them with the output)."""
     if inputs.reference_crop is not None:
         ref = inputs.reference_crop
     else:
@@ -139,7 +140,7 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
     # the compiled generator pads every call to its batch: make it the chunk's length, so the 16-frame
     # chunks of 1080p do not pay for 64
     batch = chunk_frames(*video.size, settings.decode_chunk, settings.decode_chunk_mb)
-    return ChunkRedrawer(settings, model, track, plan, codes, texture, batch)
+    return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source)
 
 
 def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawer, workers: int,
@@ -152,7 +153,8 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
     decoded = prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb),
                        settings.decode_queue, name="decode")
     generated = ordered_map(redrawer.generate, decoded, workers, name="redraw")
-    done: Iterable[RedrawnChunk] = ordered_map(redrawer.composite, generated, 1, name="composite")
+    done: Iterable[RedrawnChunk] = ordered_map(redrawer.composite, generated, settings.composite_workers,
+                                               name="composite")
     if observer is not None:
         done = tap(lambda r: observer(r.chunk.indices, r.chunk.frames, r.frames), done, name="observe")
     for r in done:
@@ -174,14 +176,17 @@ def publish(storage: Storage, audio_uri: str | None, silent: str, final: str, ou
     storage.put_file(final, output_uri)
 
 
-def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: int) -> np.ndarray:
+def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: int, chunk: int = 1024) -> np.ndarray:
     """(T, V, 2) the planned landmarks in the QA crop of side ``crop`` (NaN where not redrawn)."""
     mats = crop_matrices(track, crop, settings.crop_size)
-    idx = np.flatnonzero(plan.usable)
-    out = np.full((track.n_frames, plan.new_canonical.shape[1], 2), np.nan, np.float32)
-    out[idx] = project_to_crop(plan.new_canonical[idx].astype(np.float64), track.scale[idx].astype(np.float64),
-                               track.rotation[idx].astype(np.float64), track.translation[idx].astype(np.float64),
-                               mats[idx])[..., :2]
+    usable = np.flatnonzero(plan.usable)
+    out = np.full((track.n_frames, plan.motion.shape[1], 2), np.nan, np.float32)
+    for a in range(0, len(usable), chunk):
+        idx = usable[a:a + chunk]
+        new = plan.meshes(track, idx)[0]
+        out[idx] = project_to_crop(new.astype(np.float64), track.scale[idx].astype(np.float64),
+                                   track.rotation[idx].astype(np.float64), track.translation[idx].astype(np.float64),
+                                   mats[idx])[..., :2]
     return out
 
 
