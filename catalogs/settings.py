@@ -82,6 +82,9 @@ class Settings(BaseSettings):
                                 "among them (decoding, encoding and QA overlap the redraw either way). On this 2-vCPU machine "
                                 "one two-thread worker is faster (44.7 s against 53.5 s for a 60 s clip); try 2 on many-core "
                                 "nodes where one generator does not scale. Always 1 on a GPU.")
+    composite_workers: int = Field(1, ge=1, description="Chunks of one dub pasted back into their frames at once (detail "
+                                   "transfer, colour match, blend: OpenCV and torch, which release the GIL). The composite is "
+                                   "the slowest stage at 1080p; each worker holds one more chunk in flight.")
 
     # --- orchestration -------------------------------------------------------------------
     ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001); None starts a local cluster on 127.0.0.1.")

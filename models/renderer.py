@@ -212,22 +212,25 @@ def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices, size:
     tris = _texture_triangles().to(v.device)
     bsz, none = v.shape[0], torch.iinfo(torch.int32).max
     zbuf = _zbuffer(v, tris, size, None).view(bsz, size * size)
-    covered = zbuf != none
-    tri = torch.where(covered, (zbuf & 0x7FFF).long(), 0)  # (B, P) triangle under each pixel
+    flat = (zbuf != none).view(-1).nonzero().squeeze(1)          # (N,) the covered pixels only, as B * P + p
+    pix = flat % (size * size)
+    tri = (zbuf.view(-1)[flat] & 0x7FFF).long()                   # the triangle under each
     ax, ay, c, _ = _barycentric_planes(v[:, tris][..., :2])      # (B, F, 3) each
     # Barycentric coordinates are affine in the pixel, so is the source point they pick: one
-    # (2 x 3) map per triangle, gathered once per pixel.
+    # (2 x 3) map per triangle, gathered once per covered pixel.
     corners = src[:, tris]                                        # (B, F, 3, 2)
-    affine = torch.stack([(corners * q[..., None]).sum(2) for q in (ax, ay, c)], -1).flatten(2)  # (B, F, 6)
-    a = torch.gather(affine, 1, tri[..., None].expand(-1, -1, 6))  # (B, P, 6)
-    pix = torch.arange(size * size, device=v.device)
-    px, py = (pix % size).to(v.dtype)[None], (pix // size).to(v.dtype)[None]
-    where = torch.stack([a[..., 0] * px + a[..., 1] * py + a[..., 2], a[..., 3] * px + a[..., 4] * py + a[..., 5]], -1)
+    affine = torch.stack([(corners * q[..., None]).sum(2) for q in (ax, ay, c)], -1).reshape(-1, 6)  # (B * F, 6)
+    a = affine.index_select(0, flat.div(size * size, rounding_mode="floor") * tris.shape[0] + tri)   # (N, 6)
+    px, py = (pix % size).to(v.dtype), (pix // size).to(v.dtype)
+    where = torch.stack([a[:, 0] * px + a[:, 1] * py + a[:, 2], a[:, 3] * px + a[:, 4] * py + a[:, 5]], -1)
     h, w = images.shape[-2:]
-    grid = torch.stack([where[..., 0] / max(w - 1, 1), where[..., 1] / max(h - 1, 1)], -1) * 2 - 1
+    grid = torch.zeros(bsz * size * size, 2, dtype=v.dtype, device=v.device)   # uncovered: sampled, then masked
+    grid[flat] = torch.stack([where[:, 0] / max(w - 1, 1), where[:, 1] / max(h - 1, 1)], -1) * 2 - 1
     warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, size, size, 2), mode="bilinear",
                                              padding_mode="border", align_corners=True)
-    mask = (covered & torch.isfinite(where).all(-1)).view(bsz, 1, size, size).float()
+    finite = torch.zeros(bsz * size * size, dtype=torch.bool, device=v.device)
+    finite[flat] = torch.isfinite(where).all(-1)
+    mask = finite.view(bsz, 1, size, size).float()
     return torch.nan_to_num(warped) * mask, mask
 
 

@@ -25,7 +25,20 @@ def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) 
     g_mean, o_mean = (g * w).sum((0, 1)) / total, (o * w).sum((0, 1)) / total
     g_std = np.sqrt(((g - g_mean) ** 2 * w).sum((0, 1)) / total) + 1e-3
     o_std = np.sqrt(((o - o_mean) ** 2 * w).sum((0, 1)) / total) + 1e-3
-    return np.clip((generated.astype(np.float32) - g_mean) * (o_std / g_std) + o_mean, 0, 255)
+    # (generated - g_mean) * (o_std / g_std) + o_mean, clipped: OpenCV's per-channel arithmetic in
+    # place does the same float32 operations in one pass each (numpy broadcasts over 3 channels slowly)
+    out = np.ascontiguousarray(generated, dtype=np.float32)   # a fresh C-ordered buffer OpenCV can write into
+    if out is generated:
+        out = out.copy()
+    cv2.subtract(out, _scalar(g_mean), dst=out)
+    cv2.multiply(out, _scalar(o_std / g_std), dst=out)
+    cv2.add(out, _scalar(o_mean), dst=out)
+    return np.clip(out, 0, 255, out=out)
+
+
+def _scalar(per_channel: np.ndarray) -> tuple[float, ...]:
+    """A per-channel value as OpenCV's Scalar (float32 values, which it converts back exactly)."""
+    return (*(float(v) for v in per_channel.astype(np.float32)), 0.0)
 
 
 def feather(mask: np.ndarray, size: int) -> np.ndarray:
@@ -36,18 +49,25 @@ def feather(mask: np.ndarray, size: int) -> np.ndarray:
 
 def composite(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, mask: np.ndarray,
               colour_match: bool = True) -> np.ndarray:
-    """Blend ``generated`` (S, S, 3, uint8) into ``frame`` (H, W, 3, uint8) through ``mask`` (S, S) in
-    crop space; ``crop`` is the 2x3 image -> crop matrix. Pixels where the mask is 0 are untouched.
+    """Blend ``generated`` (S, S, 3, uint8) into a copy of ``frame`` (H, W, 3, uint8) through ``mask``
+    (S, S) in crop space; ``crop`` is the 2x3 image -> crop matrix. Pixels where the mask is 0 are
+    untouched."""
+    result = frame.copy()
+    composite_into(result, generated, crop, mask, colour_match)
+    return result
 
-    Only the frame region the mask reaches is warped and blended (a face is a small part of a
-    1080p frame), which keeps compositing cheap at any resolution.
-    """
+
+def composite_into(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, mask: np.ndarray,
+                   colour_match: bool = True) -> None:
+    """``composite``, written into ``frame`` itself: only the region the mask reaches is read and
+    written (a face is a small part of a 1080p frame), so the cost does not depend on the frame's
+    resolution and no full frame is copied."""
     h, w = frame.shape[:2]
     size = generated.shape[0]
     soft = feather(mask, size)
     ys, xs = np.nonzero(soft > 1e-3)
     if len(xs) == 0:
-        return frame.copy()
+        return
     inv = invert_affine(crop)
     corners = np.array([[xs.min() - 2, ys.min() - 2], [xs.max() + 2, ys.min() - 2],
                         [xs.min() - 2, ys.max() + 2], [xs.max() + 2, ys.max() + 2]], np.float64)
@@ -55,12 +75,15 @@ def composite(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, mask: 
     x0, y0 = np.floor(pts.min(0)).astype(int)
     x1, y1 = np.ceil(pts.max(0)).astype(int)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
-    result = frame.copy()
     if x1 <= x0 or y1 <= y0:
-        return result
-    src_crop = cv2.warpAffine(frame, crop, (size, size), flags=cv2.INTER_AREA if abs(np.linalg.det(crop[:, :2])) < 1
-                              else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    gen = match_colour(generated, src_crop, soft > 0.5) if colour_match else generated.astype(np.float32)
+        return
+    if colour_match:
+        src_crop = cv2.warpAffine(frame, crop, (size, size), flags=cv2.INTER_AREA
+                                  if abs(np.linalg.det(crop[:, :2])) < 1 else cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT)
+        gen = match_colour(generated, src_crop, soft > 0.5)
+    else:
+        gen = generated.astype(np.float32)
     roi = inv.copy()
     roi[:, 2] -= (x0, y0)  # the inverse warp, into the region's own pixel grid
     back = cv2.warpAffine(gen, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
@@ -69,7 +92,4 @@ def composite(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, mask: 
     alpha = np.clip(alpha, 0, 1)[..., None]
     patch = frame[y0:y1, x0:x1]
     blended = np.clip(np.rint(patch.astype(np.float32) * (1 - alpha) + back * alpha), 0, 255).astype(np.uint8)
-    untouched = alpha[..., 0] <= 0
-    blended[untouched] = patch[untouched]  # exactly the source where nothing was blended
-    result[y0:y1, x0:x1] = blended
-    return result
+    np.copyto(patch, blended, where=alpha > 0)  # exactly the source where nothing was blended

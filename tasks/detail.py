@@ -15,12 +15,14 @@ stay the generator's own. With ``factor`` 1 (a face no bigger than the model cro
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 import torch
 
 from models.renderer import warp_texture
-from tasks.composite import composite
+from tasks.composite import composite_into
 from tasks.geometry import warp_crop
 
 
@@ -90,11 +92,20 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
 
 def composite_redrawn(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
                       new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float) -> list[np.ndarray]:
-    """Each redrawn crop composited into its frame (arguments as for ``with_detail``), with the
-    frame's detail carried over ``factor`` times finer; ``factor`` 0 turns detail transfer off."""
+    """Each redrawn crop composited into a copy of its frame (arguments as for ``with_detail``), with
+    the frame's detail carried over ``factor`` times finer; ``factor`` 0 turns detail transfer off."""
+    out = [f.copy() for f in frames]
+    paste_redrawn(out, generated, mats, old_verts, new_verts, masks, factor, detail_from)
+    return out
+
+
+def paste_redrawn(frames: Sequence[np.ndarray], generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
+                  new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float) -> None:
+    """``composite_redrawn`` into the frames themselves (each (H, W, 3) uint8, written in place)."""
     if factor > 0:
         generated, masks, mats = with_detail(frames, generated, mats, old_verts, new_verts, masks, factor, detail_from)
-    return [composite(f, g, m, k) for f, g, m, k in zip(frames, generated, mats, masks)]
+    for f, g, m, k in zip(frames, generated, mats, masks):
+        composite_into(f, g, m, k)
 
 
 def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
@@ -108,4 +119,4 @@ def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
     return x0, y0, max(x1 - x0, y1 - y0)
 
 
-__all__ = ["composite_redrawn", "detail_factor", "high_band", "low_band", "with_detail"]
+__all__ = ["composite_redrawn", "paste_redrawn", "detail_factor", "high_band", "low_band", "with_detail"]

@@ -22,7 +22,7 @@ from models.generator import masked_target
 from models.renderer import face_mask, mouth_mask, render_mesh, warp_texture
 from models.resyncer import ReSyncer
 from tasks.decode import Chunk
-from tasks.detail import composite_redrawn
+from tasks.detail import paste_redrawn
 from tasks.dub_plan import DubPlan
 from tasks.geometry import warp_crop
 from tasks.track import TrackResult
@@ -93,6 +93,7 @@ class ChunkRedrawer:
     codes: torch.Tensor                                   # the reference identity, encoded once
     texture: tuple[np.ndarray, np.ndarray] | None = None  # face swap: (reference crop, its vertices)
     batch: int | None = None                              # generator batch: the video's chunk length
+    keep_source: bool = True                              # composite into a copy: the chunk's frames stay the source
 
     def generate(self, chunk: Chunk) -> GeneratedChunk:
         timings = {"redraw_s": 0.0, "render_s": 0.0}
@@ -110,16 +111,16 @@ class ChunkRedrawer:
         return GeneratedChunk(chunk, todo, generated, masks, new_verts, old_verts, timings)
 
     def composite(self, g: GeneratedChunk) -> RedrawnChunk:
+        """Paste the generated crops into the chunk's frames: into a copy when ``keep_source`` (someone
+        compares source and output, QA), else into the decoded frames themselves (no 1080p copy)."""
         timings = {**g.timings, "composite_s": 0.0}
-        out = g.chunk.frames.copy()
+        out = g.chunk.frames.copy() if self.keep_source else g.chunk.frames
         if not g.todo:
             return RedrawnChunk(g.chunk, out, 0, timings)
         t = time.perf_counter()
         mats = self.plan.mats[g.chunk.indices[g.todo]]
-        pasted = composite_redrawn(g.chunk.frames[g.todo], g.generated, mats, g.old_verts, g.new_verts, g.masks,
-                                   self.plan.detail_factor, self.settings.detail_from)
-        for k, frame in zip(g.todo, pasted):
-            out[k] = frame
+        paste_redrawn([out[k] for k in g.todo], g.generated, mats, g.old_verts, g.new_verts, g.masks,
+                      self.plan.detail_factor, self.settings.detail_from)
         timings["composite_s"] += time.perf_counter() - t
         return RedrawnChunk(g.chunk, out, len(g.todo), timings)
 
