@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -41,6 +43,34 @@ class Chunk:
     indices: np.ndarray      # output frame indices (int64)
     timestamps: np.ndarray   # presentation time of each frame, seconds
     frames: np.ndarray       # (n, H, W, 3) uint8 RGB, upright
+
+
+class FramePool:
+    """Chunk buffers handed back for the next chunk to decode into.
+
+    A 96-MB chunk allocated afresh on the decoding thread comes from new pages every time (glibc
+    serves a non-main thread's blocks of that size with ``mmap``): at 1080p that is a page fault
+    per 4 kB of every frame. A pipeline that knows when a chunk's frames are no longer read (the
+    dub, once the encoder has taken them) returns the buffer here. Holds at most ``capacity``."""
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._free: deque[np.ndarray] = deque()
+        self._lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            for k, buf in enumerate(self._free):
+                if buf.shape == shape:
+                    del self._free[k]
+                    return buf
+        return np.empty(shape, np.uint8)
+
+    def put(self, buf: np.ndarray) -> None:
+        """Hand back a buffer ``get`` gave out (whole, not a view), once nothing reads it."""
+        with self._lock:
+            if len(self._free) < self.capacity and buf.base is None:
+                self._free.append(buf)
 
 
 @contextmanager
@@ -153,9 +183,10 @@ class VideoSource:
 
     # --- frames --------------------------------------------------------------------------
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None,
-               max_side: int | None = None, chunk_mb: float = DEFAULT_CHUNK_MB) -> Iterator[Chunk]:
+               max_side: int | None = None, chunk_mb: float = DEFAULT_CHUNK_MB,
+               buffers: FramePool | None = None) -> Iterator[Chunk]:
         """Frames ``start..stop`` in chunks of ``chunk_size`` (fewer for large frames: ``chunk_mb``),
-        shrunk to ``max_side`` pixels on the longer side when given."""
+        shrunk to ``max_side`` pixels on the longer side when given; decoded into ``buffers``' when given."""
         assert self._path is not None, "use VideoSource as a context manager"
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
         if start >= stop:
@@ -167,7 +198,8 @@ class VideoSource:
             src_index, image = next(frames)
             for lo in range(start, stop, per_chunk):
                 idx = np.arange(lo, min(lo + per_chunk, stop))
-                out = np.empty((len(idx), h, w, 3), np.uint8)
+                shape = (len(idx), h, w, 3)
+                out = buffers.get(shape) if buffers is not None else np.empty(shape, np.uint8)
                 for k, i in enumerate(idx):
                     want = int(self._source_index[i])
                     while src_index < want:

@@ -34,7 +34,7 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ReSyncer
-from tasks.decode import VideoSource, chunk_frames, local_path
+from tasks.decode import FramePool, VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import encode_h264, mux_audio
 from tasks.geometry import warp_crop
@@ -150,7 +150,10 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
     redrawn by the generator on ``workers`` threads, pasted back on another, watched by ``observer``
     on another, handed to the encoder."""
     timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
-    decoded = prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb),
+    # without an observer the frames are pasted in place and read last by the encoder: once it has
+    # taken a chunk's frames, its buffer is decoded into again
+    pool = FramePool() if observer is None and not redrawer.keep_source else None
+    decoded = prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb, buffers=pool),
                        settings.decode_queue, name="decode")
     generated = ordered_map(redrawer.generate, decoded, workers, name="redraw")
     done: Iterable[RedrawnChunk] = ordered_map(redrawer.composite, generated, settings.composite_workers,
@@ -164,6 +167,8 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
         if progress:
             progress(int(r.chunk.indices[-1]) + 1, video.n_frames)
         yield from r.frames
+        if pool is not None and r.frames is r.chunk.frames:
+            pool.put(r.chunk.frames)
 
 
 def publish(storage: Storage, audio_uri: str | None, silent: str, final: str, output_uri: str, duration: float) -> None:

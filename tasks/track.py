@@ -21,7 +21,7 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from tasks.audio import load_audio, loudness_lufs, speech_envelope
-from tasks.decode import VideoSource
+from tasks.decode import FramePool, VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
@@ -194,12 +194,15 @@ def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
         try:
             with VideoSource(storage, uri, threads=settings.decode_threads) as video:
                 start = max(bounds[k] - 1, 0)    # the frame before a segment primes its cut detector
-                for chunk in video.chunks(settings.decode_chunk, start, bounds[k + 1], side, settings.decode_chunk_mb):
+                pool = FramePool(capacity=1)     # the tracker keeps no frame: one chunk buffer, decoded into again
+                for chunk in video.chunks(settings.decode_chunk, start, bounds[k + 1], side, settings.decode_chunk_mb,
+                                          buffers=pool):
                     for i, frame in zip(chunk.indices, chunk.frames):
                         if i < bounds[k]:
                             tracker.prime(frame)
                         else:
                             tracker.process(int(i), frame)
+                    pool.put(chunk.frames)
                     if progress:
                         with lock:
                             done[k] = int(chunk.indices[-1]) + 1 - bounds[k]
