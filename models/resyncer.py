@@ -84,11 +84,17 @@ class ReSyncer(nn.Module):
         Sequences longer than the configured ``max_frames`` run in overlapping windows that are
         cross-faded, so an hour of audio costs linear time and no seam shows at window joins.
         """
-        t, limit = len(audio), self.config.syncformer.max_frames
+        return self.displacements_windowed(lambda s, e: audio[s:e], len(audio), style, overlap)
+
+    @torch.no_grad()
+    def displacements_windowed(self, tokens: Callable[[int, int], torch.Tensor], t: int, style: torch.Tensor,
+                               overlap: int = 32) -> torch.Tensor:
+        """``displacements`` with the tokens of frames [s, e) made on demand by ``tokens(s, e)``, one
+        window at a time: a long video never holds all its tokens (7 x 384 floats a frame) at once."""
+        limit = self.config.syncformer.max_frames
         style = style[None].float().to(self.device)
-        audio = audio.float().to(self.device)
         if t <= limit:
-            return self.syncformer(audio[None], style)[0].cpu()
+            return self.syncformer(tokens(0, t).float().to(self.device)[None], style)[0].cpu()
         overlap = min(overlap, limit // 4)
         hop = limit - overlap
         out = torch.zeros(t, self.config.syncformer.n_vertices, 3)
@@ -97,7 +103,7 @@ class ReSyncer(nn.Module):
         starts = list(range(0, max(t - limit, 0) + hop, hop))
         for k, s in enumerate(starts):
             e = min(s + limit, t)
-            pred = self.syncformer(audio[None, s:e], style)[0].cpu()
+            pred = self.syncformer(tokens(s, e).float().to(self.device)[None], style)[0].cpu()
             w = torch.ones(e - s)
             if k > 0:
                 w[:overlap] *= ramp[: e - s]
@@ -105,7 +111,7 @@ class ReSyncer(nn.Module):
                 w[-overlap:] *= ramp.flip(0)
             out[s:e] += w[:, None, None] * pred
             weight[s:e] += w
-        return out / weight.clamp_min(1e-6)[:, None, None]
+        return out.div_(weight.clamp_min(1e-6)[:, None, None])
 
     @torch.no_grad()
     def reference_codes(self, reference: torch.Tensor) -> torch.Tensor:

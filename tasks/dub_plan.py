@@ -136,7 +136,10 @@ def articulate(predicted: np.ndarray, rest: np.ndarray, gain: float) -> np.ndarr
     """Predicted motion moved ``gain`` times as far from the speaker's mouth at rest: an L2-trained
     predictor averages over the mouths a sound allows and under-articulates, and scaling about the
     closed mouth opens the mouth wider without pushing a closed one through itself."""
-    return (rest[None] + gain * (predicted - rest[None])).astype(np.float32)
+    out = np.subtract(predicted, rest[None], dtype=np.float32)   # in place from here: one array of the video's length
+    out *= gain
+    out += rest[None]
+    return out
 
 
 def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
@@ -149,16 +152,22 @@ def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, 
         return predicted
     gate = np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
     gate = gate[:, None, None]
-    return (predicted * (1 - gate) + rest[None] * gate).astype(np.float32)
+    out = predicted * (1 - gate)                  # in place from here: no more arrays of the video's length
+    out += rest[None] * gate
+    return out.astype(np.float32, copy=False)
 
 
 def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
                           track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
     """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
-    tokens = frame_tokens(feats, track.timestamps, features.rate_hz, features.offset_s, model.config.syncformer.audio_offsets)
+    offsets, ts = model.config.syncformer.audio_offsets, track.timestamps
+
+    def tokens(s: int, e: int) -> torch.Tensor:     # per window: a long video never holds them all
+        return torch.from_numpy(frame_tokens(feats, ts[s:e], features.rate_hz, features.offset_s, offsets))
+
     style = model.style_code(torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32)))
-    return model.displacements(torch.from_numpy(tokens), style).numpy()
+    return model.displacements_windowed(tokens, len(ts), style).numpy()
 
 
 @dataclass

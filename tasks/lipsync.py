@@ -98,6 +98,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     t = time.perf_counter()
     plan = plan_dub(settings, model, features, cache, track, audio.samples, video_uri, inputs.displacements,
                     inputs.style_displacements, inputs.reference_template)
+    audio.samples = np.empty(0, np.float32)              # planned: the output takes its sound from the file
     timings["dynamics_s"] = time.perf_counter() - t
 
     with VideoSource(storage, video_uri, threads=settings.decode_threads) as video:
