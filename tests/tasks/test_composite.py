@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.composite import composite, match_colour
+from tasks.composite import composite, composite_into, match_colour
 from tasks.geometry import invert_affine
 
 
@@ -53,3 +53,26 @@ def test_an_empty_mask_returns_the_frame():
     frame, crop, mask = _setup()
     out = composite(frame, np.zeros((128, 128, 3), np.uint8), crop, np.zeros_like(mask))
     assert np.array_equal(out, frame)
+
+
+def test_compositing_in_place_touches_only_the_face_region_and_equals_the_copy():
+    frame, crop, mask = _setup()
+    generated = np.full((128, 128, 3), 200, np.uint8)
+    expected = composite(frame, generated, crop, mask)
+    in_place = frame.copy()
+    before = in_place.__array_interface__["data"][0]
+    composite_into(in_place, generated, crop, mask)
+    assert np.array_equal(in_place, expected) and in_place.__array_interface__["data"][0] == before
+    changed = np.argwhere((in_place != frame).any(-1))
+    (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+    assert (y1 - y0) * (x1 - x0) < 0.2 * frame.shape[0] * frame.shape[1]   # a face-sized region, not the frame
+
+
+def test_colour_matching_accepts_a_strided_crop():
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 255, (2, 3, 64, 64), dtype=np.uint8).transpose(0, 2, 3, 1)   # as the generator hands it
+    original = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    matched = match_colour(batch[0], original, np.ones((64, 64), bool))
+    dense = match_colour(np.ascontiguousarray(batch[0]), original, np.ones((64, 64), bool))
+    # the same up to the order numpy sums the statistics in (it follows the memory layout)
+    assert np.allclose(matched, dense, atol=1e-3) and np.allclose(matched.mean((0, 1)), original.mean((0, 1)), atol=0.5)

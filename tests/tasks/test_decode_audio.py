@@ -12,7 +12,7 @@ from catalogs.errors import ErrorClass, ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from tasks.audio import Audio, envelope, load_audio, loudness_lufs
-from tasks.decode import VideoSource
+from tasks.decode import FramePool, VideoSource
 from tests.catalogs.media import make_bad_files, stage
 
 STORAGE = Storage(Settings())
@@ -200,3 +200,20 @@ def test_an_odd_frame_size_is_encoded_at_that_size(shared_data, tmp_path):
         again = video.frame(0).astype(float)
     first = frames[0].astype(float)
     assert np.abs(again[:, -1] - first[:, -1]).mean() < 4 and np.abs(again[-1] - first[-1]).mean() < 4
+
+
+def test_chunks_decode_into_recycled_buffers(shared_data):
+    """A pool hands a chunk's buffer back for the next chunk of the same size (no fresh pages per
+    chunk); the frames are the same as without it; views are never pooled."""
+    path = shared_data / "videos" / "speaker_map_5s.mp4"
+    with VideoSource(STORAGE, str(path)) as v:
+        plain = [c.frames.copy() for c in v.chunks(16)]
+        pool = FramePool(capacity=2)
+        seen = set()
+        for k, chunk in enumerate(v.chunks(16, buffers=pool)):
+            assert np.array_equal(chunk.frames, plain[k])
+            if len(chunk.frames) == 16:
+                seen.add(chunk.frames.__array_interface__["data"][0])
+            pool.put(chunk.frames)
+            pool.put(chunk.frames[:1])            # a view: ignored
+        assert len(plain) > 3 and len(seen) == 1

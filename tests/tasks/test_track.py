@@ -224,3 +224,42 @@ def test_segments_tracked_at_once_join_into_the_same_tracks(shared_data, tmp_pat
                "-map", "[v]", "-r", "25", "-c:v", "libx264", str(cut))
     r = track_video(STORAGE, split, str(cut))
     assert r.cut_frames == [50] and len([t for t in r.tracks if t.frames >= 40]) == 2
+
+
+def test_track_spans_summarise_shots_as_whole_video_arrays_did():
+    """Each face track is held over its own frames only (a video of many shots has many tracks);
+    presence, size and the lagged speech correlation per shot are what one whole-video array per
+    track gave."""
+    from tasks.facemesh import FaceObservation, Track
+    from tasks.landmarks import N_LANDMARKS
+    from tasks.track import TrackSpan, _correlation, _summaries
+
+    rng = np.random.default_rng(3)
+    n = 300
+    speech = rng.random(n)
+    base = rng.normal(100, 20, (N_LANDMARKS, 3)).astype(np.float32)
+    tracks = []
+    for tid, (a, b) in enumerate([(0, 120), (100, 300), (150, 160), (210, 290)]):
+        frames = {i: FaceObservation(base + rng.normal(0, 2, base.shape).astype(np.float32) * (1 + speech[i]))
+                  for i in range(a, b) if rng.random() > 0.1}
+        tracks.append(Track(tid, frames, max(frames)))
+    dense = {}
+    for t in tracks:
+        pts = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+        for i, obs in t.frames.items():
+            pts[i] = obs.points
+        dense[t.track_id] = pts
+    spans = {t.track_id: TrackSpan.of(t) for t in tracks}
+    assert sum(s.points.nbytes for s in spans.values()) < 0.5 * sum(p.nbytes for p in dense.values())
+    for a, b in [(0, n), (0, 150), (150, 300), (118, 125)]:
+        got = {s.track_id: s for s in _summaries(spans, speech, a, b)}
+        for tid, pts in dense.items():
+            seg = pts[a:b]
+            present = np.isfinite(seg[:, 0, 0])
+            s = got[tid]
+            assert s.frames == int(present.sum()) and s.coverage == pytest.approx(float(present.mean()))
+            if present.any():
+                assert s.speech_correlation == _correlation(mouth_opening(seg), speech[a:b])
+    raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+    spans[1].copy_into(raw, 150, 300)
+    assert np.array_equal(raw[150:], dense[1][150:], equal_nan=True) and np.isnan(raw[:150]).all()
