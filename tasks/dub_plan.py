@@ -143,18 +143,20 @@ def articulate(predicted: np.ndarray, rest: np.ndarray, gain: float) -> np.ndarr
 
 
 def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
-                   ramp: int = 3) -> np.ndarray:
+                   ramp: int = 3, in_place: bool = False) -> np.ndarray:
     """Predicted motion eased to ``rest`` in the pauses of the new speech (``min_pause`` frames or
     longer), over ``ramp`` frames each side. The Style-SyncFormer never saw digital silence or long
-    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there."""
+    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there.
+    ``in_place``: ease ``predicted`` itself (float32), no second array of the video's length."""
     quiet = pause_frames(speech, min_pause, settle=ramp).astype(np.float32)
     if not quiet.any():
         return predicted
     gate = np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
-    gate = gate[:, None, None]
-    out = predicted * (1 - gate)                  # in place from here: no more arrays of the video's length
-    out += rest[None] * gate
-    return out.astype(np.float32, copy=False)
+    out = predicted if in_place and predicted.dtype == np.float32 else predicted.astype(np.float32)
+    rows = np.flatnonzero(gate)                   # only the pauses change: elsewhere the gate is 0
+    g = gate[rows, None, None]
+    out[rows] = predicted[rows] * (1 - g) + rest[None] * g
+    return out
 
 
 def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
@@ -239,7 +241,8 @@ def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeature
         predicted = articulate(predicted, rest, settings.motion_gain)
     if settings.rest_min_pause_s > 0:
         speech = speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps)
-        predicted = rest_in_pauses(predicted, speech, rest, max(1, int(round(settings.rest_min_pause_s * track.fps))))
+        predicted = rest_in_pauses(predicted, speech, rest, max(1, int(round(settings.rest_min_pause_s * track.fps))),
+                                   in_place=True)
     return predicted
 
 
