@@ -62,13 +62,15 @@ def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int)
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         raise ResyncError(ErrorClass.NO_FACE, "no usable face frame to take a speaking style from")
-    d = displacements[idx]
     if len(idx) <= length:
-        return d
-    energy = np.nan_to_num(np.linalg.norm(np.diff(d, axis=0), axis=-1).mean(-1))
+        return displacements[idx]
+    # motion between consecutive usable frames, a block at a time (no copy of the whole video's motion)
+    energy = np.concatenate([np.nan_to_num(np.linalg.norm(np.diff(displacements[idx[a:a + block + 1]], axis=0),
+                                                          axis=-1).mean(-1))
+                             for block in (1024,) for a in range(0, len(idx) - 1, block)])
     cum = np.concatenate([[0.0], np.cumsum(energy)])
     best = int(np.argmax(cum[length - 1:] - cum[: len(cum) - length + 1]))
-    return d[best: best + length]
+    return displacements[idx[best: best + length]]
 
 
 def reference_frame(track: TrackResult, usable: np.ndarray) -> int:

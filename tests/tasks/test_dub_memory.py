@@ -30,3 +30,56 @@ def test_peak_memory_of_a_dub_does_not_grow_with_length(shared_data, tmp_path):
     # than the compiled one: 3.0 GB in a clean-clone CI run, where `make bench-long` measures 2.75 GB
     # with the cpu configuration's defaults (the issue's bound, 3 GB)
     assert long < 3.5 * 2**30, f"peak RSS {long / 2**30:.2f} GB at 1080p with the eager generator"
+
+
+def test_planning_a_dub_holds_about_one_mesh_array_per_frame(media_env):
+    """What a dub plans for the whole video, before any pixel: the plan keeps about one (V, 3)
+    float32 array a frame (the motion; meshes are built per chunk) and planning peaks at a few
+    (tokens are made per Style-SyncFormer window, the motion is eased in place). A real track tiled
+    to 4x and 16x its length; numpy's memory (tracemalloc) against the frame count, so the slope is
+    what each frame of an hour-long video costs. The code before measured 1.9 meshes a frame held
+    and 15.6 at the peak (90 kB a frame: 8 GB for an hour)."""
+    import dataclasses
+    import tracemalloc
+
+    import numpy as np
+
+    from tasks import model_store
+    from tasks.audio import load_audio
+    from tasks.dub_plan import plan_dub
+    from tasks.track import track_video
+
+    settings, storage, data, _ = media_env
+    clip = str(data / "videos" / "speaker_map_5s.mp4")
+    track = track_video(storage, settings, clip)
+    model = model_store.load_model(settings)
+    features = model_store.features_for(settings, model)
+    speech = load_audio(storage, str(data / "audio" / "english_commentary_60s.wav")).samples
+
+    def tiled(k: int):
+        n = track.n_frames * k
+        rep = lambda a: np.concatenate([a] * k)  # noqa: E731
+        long = dataclasses.replace(
+            track, timestamps=np.arange(n) / track.fps, raw=rep(track.raw), smoothed=rep(track.smoothed),
+            displacements=rep(track.displacements), scale=rep(track.scale), rotation=rep(track.rotation),
+            translation=rep(track.translation), euler=rep(track.euler), crop=rep(track.crop), face_px=rep(track.face_px),
+            residual=rep(track.residual), flags={f: rep(v) for f, v in track.flags.items()}, shots=[(0, n, track.speaker_track)],
+            templates=track.templates[:1], cut_frames=[], faces=[])
+        samples = np.resize(speech, int(round(n / track.fps * 16000))).astype(np.float32)
+        return long, samples
+
+    held, peak = {}, {}
+    for k in (4, 16):
+        long, samples = tiled(k)
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        plan = plan_dub(settings, model, features, None, long, samples, clip)
+        now, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        held[long.n_frames], peak[long.n_frames] = now - base, top - base
+        assert plan.motion.shape == long.displacements.shape
+    (n1, n2), mesh = sorted(held), track.displacements[0].nbytes           # 478 x 3 float32: 5.7 kB
+    held_per_frame = (held[n2] - held[n1]) / (n2 - n1) / mesh
+    peak_per_frame = (peak[n2] - peak[n1]) / (n2 - n1) / mesh
+    assert held_per_frame < 1.2, f"the plan holds {held_per_frame:.2f} meshes a frame"
+    assert peak_per_frame < 4.0, f"planning peaks at {peak_per_frame:.2f} meshes a frame"
