@@ -27,9 +27,7 @@ def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) 
     o_std = np.sqrt(((o - o_mean) ** 2 * w).sum((0, 1)) / total) + 1e-3
     # (generated - g_mean) * (o_std / g_std) + o_mean, clipped: OpenCV's per-channel arithmetic in
     # place does the same float32 operations in one pass each (numpy broadcasts over 3 channels slowly)
-    out = np.ascontiguousarray(generated, dtype=np.float32)   # a fresh C-ordered buffer OpenCV can write into
-    if out is generated:
-        out = out.copy()
+    out = np.array(generated, dtype=np.float32, order="C")   # a fresh C-ordered buffer OpenCV can write into
     cv2.subtract(out, _scalar(g_mean), dst=out)
     cv2.multiply(out, _scalar(o_std / g_std), dst=out)
     cv2.add(out, _scalar(o_mean), dst=out)

@@ -65,9 +65,10 @@ def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int)
     if len(idx) <= length:
         return displacements[idx]
     # motion between consecutive usable frames, a block at a time (no copy of the whole video's motion)
+    block = 1024
     energy = np.concatenate([np.nan_to_num(np.linalg.norm(np.diff(displacements[idx[a:a + block + 1]], axis=0),
                                                           axis=-1).mean(-1))
-                             for block in (1024,) for a in range(0, len(idx) - 1, block)])
+                             for a in range(0, len(idx) - 1, block)])
     cum = np.concatenate([[0.0], np.cumsum(energy)])
     best = int(np.argmax(cum[length - 1:] - cum[: len(cum) - length + 1]))
     return displacements[idx[best: best + length]]

@@ -227,8 +227,8 @@ class TrackSpan:
     """One face track's landmarks over the frames it spans, NaN where it was not seen.
 
     Only its own span, never the whole video: a video of many shots has a track per face per shot,
-    and one whole-video array per track grew with length times shots (a 20-s clip looped to 5 min,
-    15 shots: 0.6 GB)."""
+    and one whole-video array per track grew with length times shots (at 25 fps an hour is 0.5 GB
+    per track)."""
     track_id: int
     start: int
     points: np.ndarray      # (stop - start, 478, 3) float32
@@ -245,10 +245,6 @@ class TrackSpan:
     def stop(self) -> int:
         return self.start + len(self.points)
 
-    def window(self, a: int, b: int) -> tuple[int, int]:
-        """The part of frames [a, b) this track spans, (lo, hi); empty when lo >= hi."""
-        return max(a, self.start), min(b, self.stop)
-
     def segment(self, a: int, b: int, pad: int = 0) -> tuple[int, np.ndarray]:
         """(lo, landmarks of frames [lo, hi)): the part of [a, b) this track spans, widened by ``pad``
         frames each side (NaN there, still inside [a, b)), so a lagged correlation pairs what a
@@ -262,9 +258,8 @@ class TrackSpan:
 
     def copy_into(self, out: np.ndarray, a: int, b: int) -> None:
         """Write this track's landmarks of frames [a, b) into the whole-video array ``out``."""
-        lo, hi = self.window(a, b)
-        if lo < hi:
-            out[lo:hi] = self.points[lo - self.start: hi - self.start]
+        lo, seg = self.segment(a, b)
+        out[lo:lo + len(seg)] = seg
 
 
 def _summaries(per_track: dict[int, TrackSpan], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
