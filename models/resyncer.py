@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -91,27 +91,44 @@ class ReSyncer(nn.Module):
                                overlap: int = 32) -> torch.Tensor:
         """``displacements`` with the tokens of frames [s, e) made on demand by ``tokens(s, e)``, one
         window at a time: a long video never holds all its tokens (7 x 384 floats a frame) at once."""
+        return torch.cat([block for _, block in self.displacement_blocks(tokens, t, style, overlap)])
+
+    @torch.no_grad()
+    def displacement_blocks(self, tokens: Callable[[int, int], torch.Tensor], t: int, style: torch.Tensor,
+                            overlap: int = 32) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first frame, finished displacements) in frame order, a window's worth at a time: the
+        frames no later window overlaps are handed on as soon as they are cross-faded, so only one
+        window and its overlap are ever held, whatever the video's length."""
         limit = self.config.syncformer.max_frames
         style = style[None].float().to(self.device)
         if t <= limit:
-            return self.syncformer(tokens(0, t).float().to(self.device)[None], style)[0].cpu()
+            yield 0, self.syncformer(tokens(0, t).float().to(self.device)[None], style)[0].cpu()
+            return
         overlap = min(overlap, limit // 4)
         hop = limit - overlap
-        out = torch.zeros(t, self.config.syncformer.n_vertices, 3)
-        weight = torch.zeros(t)
         ramp = (torch.arange(overlap) + 1.0) / (overlap + 1.0)
         starts = list(range(0, max(t - limit, 0) + hop, hop))
+        # sums of the weighted predictions and of the weights over frames [s, e) of the window in hand;
+        # the first ``overlap`` rows carry what the window before left there
+        carry_out, carry_w = torch.zeros(0, self.config.syncformer.n_vertices, 3), torch.zeros(0)
         for k, s in enumerate(starts):
             e = min(s + limit, t)
             pred = self.syncformer(tokens(s, e).float().to(self.device)[None], style)[0].cpu()
             w = torch.ones(e - s)
             if k > 0:
                 w[:overlap] *= ramp[: e - s]
-            if k < len(starts) - 1 and e - s > overlap:
+            last = k == len(starts) - 1
+            if not last and e - s > overlap:
                 w[-overlap:] *= ramp.flip(0)
-            out[s:e] += w[:, None, None] * pred
-            weight[s:e] += w
-        return out.div_(weight.clamp_min(1e-6)[:, None, None])
+            out = torch.zeros(e - s, *pred.shape[1:])
+            weight = torch.zeros(e - s)
+            out[:len(carry_out)] += carry_out
+            weight[:len(carry_w)] += carry_w
+            out += w[:, None, None] * pred
+            weight += w
+            done = e - s if last else min(hop, e - s)   # rows [s + hop, e) wait for the next window
+            yield s, out[:done].div_(weight[:done].clamp_min(1e-6)[:, None, None])
+            carry_out, carry_w = out[done:], weight[done:]
 
     @torch.no_grad()
     def reference_codes(self, reference: torch.Tensor) -> torch.Tensor:

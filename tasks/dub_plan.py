@@ -13,6 +13,7 @@ needed. Meshes are posed into crop pixels per chunk by the redraw stage (``DubPl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.resyncer import ReSyncer
 from tasks.audio import SAMPLE_RATE, Audio, load_audio, pause_frames, speech_frames
 from tasks.detail import detail_factor
+from tasks.frame_store import FrameStore
 from tasks.landmarks import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, mouth_opening
 from tasks.track import TrackResult
 from tasks.training_data import crop_matrices, project_to_crop
@@ -81,7 +83,7 @@ def reference_frame(track: TrackResult, usable: np.ndarray) -> int:
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         raise ResyncError(ErrorClass.NO_FACE, "no usable face frame for a reference crop")
-    opening = np.nan_to_num(mouth_opening(track.smoothed[idx]))
+    opening = np.nan_to_num(track.mouth_openings()[idx])
     yaw = np.abs(np.nan_to_num(track.euler[idx, 0]))
     score = np.abs(opening - np.median(opening)) / (opening.std() + 1e-6) + yaw / 15.0
     return int(idx[int(np.argmin(score))])
@@ -130,7 +132,7 @@ def rest_pose(track: TrackResult, usable: np.ndarray, share: float = 0.1) -> np.
     """(V, 3) the speaker's own mouth at rest: the mean displacement of their usable frames with the
     least open mouth (the lowest ``share``). Zero displacement is the average face, half open."""
     idx = np.flatnonzero(usable)
-    opening = np.nan_to_num(mouth_opening(track.smoothed[idx]), nan=np.inf)
+    opening = np.nan_to_num(track.mouth_openings()[idx], nan=np.inf)
     keep = idx[opening <= np.quantile(opening[np.isfinite(opening)], share)] if np.isfinite(opening).any() else idx
     return np.nan_to_num(track.displacements[keep]).mean(0).astype(np.float32)
 
@@ -145,26 +147,37 @@ def articulate(predicted: np.ndarray, rest: np.ndarray, gain: float) -> np.ndarr
     return out
 
 
-def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
-                   ramp: int = 3, in_place: bool = False) -> np.ndarray:
-    """Predicted motion eased to ``rest`` in the pauses of the new speech (``min_pause`` frames or
-    longer), over ``ramp`` frames each side. The Style-SyncFormer never saw digital silence or long
-    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there.
-    ``in_place``: ease ``predicted`` itself (float32), no second array of the video's length."""
+def pause_gate(speech: np.ndarray, min_pause: int, ramp: int = 3) -> np.ndarray:
+    """(T,) how far each frame eases to rest: 1 inside the pauses of the new speech (``min_pause``
+    frames or longer), ramping over ``ramp`` frames each side, 0 wherever there is speech."""
     quiet = pause_frames(speech, min_pause, settle=ramp).astype(np.float32)
     if not quiet.any():
-        return predicted
-    gate = np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
-    out = predicted if in_place and predicted.dtype == np.float32 else predicted.astype(np.float32)
-    rows = np.flatnonzero(gate)                   # only the pauses change: elsewhere the gate is 0
+        return np.zeros(len(speech), np.float32)
+    return np.convolve(quiet, np.ones(2 * ramp + 1, np.float32) / (2 * ramp + 1), "same") * ~speech.astype(bool)
+
+
+def ease_to_rest(motion: np.ndarray, gate: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """``motion`` (float32, a block of frames) eased in place to ``rest`` by ``gate`` (those frames'
+    part of ``pause_gate``): only the pauses' rows are touched."""
+    rows = np.flatnonzero(gate)
     g = gate[rows, None, None]
-    out[rows] = predicted[rows] * (1 - g) + rest[None] * g
-    return out
+    motion[rows] = motion[rows] * (1 - g) + rest[None] * g
+    return motion
 
 
-def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
-                          track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
-    """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
+def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, min_pause: int,
+                   ramp: int = 3) -> np.ndarray:
+    """Predicted motion eased to ``rest`` in the pauses of the new speech (``min_pause`` frames or
+    longer), over ``ramp`` frames each side. The Style-SyncFormer never saw digital silence or long
+    pauses of a translated track, and left alone its mouth hangs half open and keeps moving there."""
+    gate = pause_gate(speech, min_pause, ramp)
+    return ease_to_rest(predicted.astype(np.float32), gate, rest) if gate.any() else predicted
+
+
+def motion_blocks(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
+                  track: TrackResult, style_displacements: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first frame, displacements) for the new speech at the video's frame times, in the given
+    style, in frame order a Style-SyncFormer window at a time."""
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
     offsets, ts = model.config.syncformer.audio_offsets, track.timestamps
 
@@ -172,7 +185,14 @@ def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: Featu
         return torch.from_numpy(frame_tokens(feats, ts[s:e], features.rate_hz, features.offset_s, offsets))
 
     style = model.style_code(torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32)))
-    return model.displacements_windowed(tokens, len(ts), style).numpy()
+    for s, block in model.displacement_blocks(tokens, len(ts), style):
+        yield s, block.numpy()
+
+
+def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
+                          track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
+    """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
+    return np.concatenate([b for _, b in motion_blocks(model, features, cache, samples, track, style_displacements)])
 
 
 @dataclass
@@ -198,10 +218,11 @@ def dub_audio(storage: Storage, settings: Settings, audio_uri: str | None, durat
 class DubPlan:
     """Per frame, what to draw: the motion below the nose and where the generator's crop sits.
 
-    The meshes themselves (``meshes``) are built from the track a chunk at a time: the plan holds
-    one (T, V, 3) array, the motion, not two whole-video meshes."""
+    The meshes themselves (``meshes``) are built from the track a chunk at a time, and the motion
+    waits on disk (``FrameStore``) until a chunk asks for its rows: what the plan holds in memory is
+    a few scalars a frame."""
     usable: np.ndarray          # (T,) frames to redraw
-    motion: np.ndarray          # (T, V, 3) displacements to show below the nose (predicted or driven)
+    motion: np.ndarray | FrameStore  # (T, V, 3) displacements to show below the nose (predicted, on disk; or driven)
     identity: np.ndarray | None  # (V, 3) another face's template (a face swap), else None
     mats: np.ndarray            # (T, 2, 3) frame -> generator crop
     whole_face: bool            # a face swap: the whole face is redrawn, not only the mouth
@@ -228,25 +249,30 @@ class DubPlan:
 
 def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
                      track: TrackResult, usable: np.ndarray, samples: np.ndarray,
-                     style_displacements: np.ndarray | None, video_uri: str) -> np.ndarray:
+                     style_displacements: np.ndarray | None, video_uri: str) -> FrameStore:
     """(T, V, 3) displacements for the new speech in the speaker's style (the reference window of
-    this video unless another is given), eased to the speaker's rest pose in long pauses."""
+    this video unless another is given), opened ``motion_gain`` times about the speaker's rest pose
+    and eased to it in long pauses. Written to disk a window at a time as the Style-SyncFormer makes
+    them: the plan never holds a whole video's motion in memory."""
     if features is None:
         raise ResyncError(ErrorClass.MODEL_ERROR, "no audio feature extractor configured", item=video_uri)
     style = style_displacements if style_displacements is not None else \
         reference_window(track.displacements, usable, model.config.syncformer.style_window)
+    rest = rest_pose(track, usable)
+    gate = pause_gate(speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps),
+                      max(1, int(round(settings.rest_min_pause_s * track.fps)))) \
+        if settings.rest_min_pause_s > 0 else None
+    out = FrameStore(track.n_frames, (model.config.syncformer.n_vertices, 3), np.float32)
     try:
-        predicted = predict_displacements(model, features, cache, samples, track, style)
+        for s, block in motion_blocks(model, features, cache, samples, track, style):
+            if settings.motion_gain != 1.0:
+                block = articulate(block, rest, settings.motion_gain)
+            if gate is not None:
+                ease_to_rest(block, gate[s:s + len(block)], rest)
+            out.write(s, block)
     except (RuntimeError, ValueError) as e:
         raise ResyncError(ErrorClass.MODEL_ERROR, f"Style-SyncFormer failed: {e}", item=video_uri) from e
-    rest = rest_pose(track, usable)
-    if settings.motion_gain != 1.0:
-        predicted = articulate(predicted, rest, settings.motion_gain)
-    if settings.rest_min_pause_s > 0:
-        speech = speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps)
-        predicted = rest_in_pauses(predicted, speech, rest, max(1, int(round(settings.rest_min_pause_s * track.fps))),
-                                   in_place=True)
-    return predicted
+    return out
 
 
 def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
@@ -272,4 +298,5 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
 
 __all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "planned_meshes", "crop_vertices",
            "predict_displacements", "articulate", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
-           "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses"]
+           "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses", "pause_gate", "ease_to_rest",
+           "motion_blocks"]

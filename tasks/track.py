@@ -23,6 +23,7 @@ from catalogs.storage import Storage
 from tasks.audio import load_audio, loudness_lufs, speech_envelope
 from tasks.decode import FramePool, VideoSource
 from tasks.facemesh import FaceMeshTracker
+from tasks.frame_store import BLOCK_ROWS, FrameStore
 from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
@@ -101,6 +102,11 @@ class TrackResult:
     def canonical(self) -> np.ndarray:
         """(T, 478, 3) pose-free meshes: each frame's shot template plus its displacements."""
         return self.templates[self.shot_index] + self.displacements
+
+    def mouth_openings(self, block: int = BLOCK_ROWS) -> np.ndarray:
+        """(T,) mouth opening of the smoothed landmarks, read a block of frames at a time."""
+        return np.concatenate([mouth_opening(self.smoothed[a:a + block]) for a in range(0, self.n_frames, block)]
+                              or [np.zeros(0)])
 
     def pose(self, i: int) -> Similarity:
         return Similarity(float(self.scale[i]), self.rotation[i], self.translation[i])

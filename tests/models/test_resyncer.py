@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,41 @@ def test_long_audio_runs_in_crossfaded_windows():
     # no step at the joins: frame-to-frame change at a join is like elsewhere
     steps = (long[1:] - long[:-1]).norm(dim=(1, 2))
     assert steps.max() < 6 * steps.median()
+
+
+def whole_video_crossfade(model: ReSyncer, audio: torch.Tensor, style: torch.Tensor, overlap: int = 32) -> torch.Tensor:
+    """The cross-fade as it was written before it streamed: every window added into one (T, V, 3)."""
+    limit = model.config.syncformer.max_frames
+    overlap, t = min(overlap, limit // 4), len(audio)
+    hop = limit - overlap
+    out, weight = torch.zeros(t, 478, 3), torch.zeros(t)
+    ramp = (torch.arange(overlap) + 1.0) / (overlap + 1.0)
+    starts = list(range(0, max(t - limit, 0) + hop, hop))
+    for k, s in enumerate(starts):
+        e = min(s + limit, t)
+        with torch.no_grad():
+            pred = model.syncformer(audio[s:e][None], style[None])[0]
+        w = torch.ones(e - s)
+        if k > 0:
+            w[:overlap] *= ramp[: e - s]
+        if k < len(starts) - 1 and e - s > overlap:
+            w[-overlap:] *= ramp.flip(0)
+        out[s:e] += w[:, None, None] * pred
+        weight[s:e] += w
+    return out.div_(weight.clamp_min(1e-6)[:, None, None])
+
+
+@pytest.mark.parametrize("frames", [41, 70, 130, 151])
+def test_streamed_windows_equal_the_whole_video_crossfade_exactly(frames):
+    """The blocks come out in order, cover every frame once, hold at most a window, and are
+    bit-identical to cross-fading into one whole-video array."""
+    model = small()
+    audio = torch.randn(frames, 16)
+    style = model.style_code(torch.randn(50, 478, 3) * 0.01)
+    blocks = list(model.displacement_blocks(lambda s, e: audio[s:e], frames, style))
+    assert [s for s, _ in blocks] == list(np.cumsum([0] + [len(b) for _, b in blocks[:-1]]))
+    assert max(len(b) for _, b in blocks) <= model.config.syncformer.max_frames
+    assert torch.equal(torch.cat([b for _, b in blocks]), whole_video_crossfade(model, audio, style))
 
 
 def test_render_shapes_and_range():
