@@ -63,12 +63,22 @@ def build_template(points: np.ndarray, valid: np.ndarray, iterations: int = 3) -
 
     points: (T, 478, 3) image-space landmarks; valid: (T,) bool. The template is centred, with unit
     eye distance, so displacements are in "eye distances" whatever the video resolution."""
-    frames = points[valid]
-    ref = frames[len(frames) // 2].copy()
+    return template_of(points, np.flatnonzero(valid), iterations)
+
+
+def template_of(points, frames: np.ndarray, iterations: int = 3, block: int = 1024) -> np.ndarray:
+    """``build_template`` over the rows ``frames`` of ``points`` (an array or a ``FrameStore``),
+    read a block at a time: the mean is summed frame by frame in order, exactly as a mean over one
+    stacked array would be, without stacking a shot's meshes."""
+    ref = np.asarray(points[int(frames[len(frames) // 2])], np.float64).copy()
     for _ in range(iterations):
         ref = _normalize(ref)
-        canon = np.stack([to_canonical(p, fit_pose(p, ref)[0]) for p in frames])
-        ref = canon.mean(0)
+        total = None
+        for a in range(0, len(frames), block):
+            for p in np.asarray(points[frames[a:a + block]], np.float64):
+                c = to_canonical(p, fit_pose(p, ref)[0])
+                total = c if total is None else total + c
+        ref = total / len(frames)
     return _normalize(ref)
 
 

@@ -24,7 +24,7 @@ from tasks.audio import load_audio, loudness_lufs, speech_envelope
 from tasks.decode import FramePool, VideoSource
 from tasks.facemesh import FaceMeshTracker
 from tasks.frame_store import BLOCK_ROWS, FrameStore
-from tasks.geometry import Similarity, build_template, crop_matrix, euler_degrees, fit_pose, to_canonical
+from tasks.geometry import Similarity, crop_matrix, euler_degrees, fit_pose, template_of, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
 
@@ -61,14 +61,16 @@ class TrackResult:
     speaker_track: int | None       # the speaker of the longest shot
     tracks: list[TrackSummary]
     shots: list[tuple[int, int, int | None]]  # (first frame, end frame, speaking track) per shot between cuts
-    raw: np.ndarray                 # (T, 478, 3) float32 image-space landmarks, NaN where no face
-    smoothed: np.ndarray            # (T, 478, 3)
+    # the three landmark arrays are FrameStores (on disk, read by rows) when tracked or loaded for a
+    # dub, plain arrays when a caller builds them; both read alike
+    raw: np.ndarray | FrameStore    # (T, 478, 3) float32 image-space landmarks, NaN where no face
+    smoothed: np.ndarray | FrameStore  # (T, 478, 3)
     templates: np.ndarray           # (S, 478, 3) canonical mesh of each shot's speaker, unit eye distance
     scale: np.ndarray               # (T,)
     rotation: np.ndarray            # (T, 3, 3)
     translation: np.ndarray         # (T, 3)
     euler: np.ndarray               # (T, 3) yaw, pitch, roll degrees
-    displacements: np.ndarray       # (T, 478, 3) canonical mesh - template (the 3D facial dynamics)
+    displacements: np.ndarray | FrameStore  # (T, 478, 3) canonical mesh - template (the 3D facial dynamics)
     crop: np.ndarray                # (T, 2, 3) image -> aligned crop
     face_px: np.ndarray             # (T,) face width in pixels
     residual: np.ndarray            # (T,) rigid-fit residual, eye distances
@@ -169,7 +171,7 @@ def track_video(storage: Storage, settings: Settings, uri: str,
         t.frames.clear()
     del tracker
     summaries = _summaries(per_track, speech, 0, n)
-    raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+    raw = FrameStore(n, (N_LANDMARKS, 3), np.float32, fill=np.nan)
     shots = []
     for a, b in zip([0, *cuts], [*cuts, n]):
         in_shot = [t for t in _summaries(per_track, speech, a, b) if t.frames > 0]
@@ -230,56 +232,71 @@ def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
 
 @dataclass
 class TrackSpan:
-    """One face track's landmarks over the frames it spans, NaN where it was not seen.
+    """One face track over the frames it spans: its landmarks on disk (NaN where it was not seen),
+    and in memory the per-frame facts that choosing the speaker needs.
 
     Only its own span, never the whole video: a video of many shots has a track per face per shot,
     and one whole-video array per track grew with length times shots (at 25 fps an hour is 0.5 GB
     per track)."""
     track_id: int
     start: int
-    points: np.ndarray      # (stop - start, 478, 3) float32
+    points: FrameStore      # (stop - start, 478, 3) float32
+    width: np.ndarray       # (stop - start,) face width in pixels, NaN where not seen
+    opening: np.ndarray     # (stop - start,) mouth opening, NaN where not seen
 
     @classmethod
-    def of(cls, track) -> "TrackSpan":
+    def of(cls, track, block: int = BLOCK_ROWS) -> "TrackSpan":
         start, stop = min(track.frames), max(track.frames) + 1
-        pts = np.full((stop - start, N_LANDMARKS, 3), np.nan, np.float32)
-        for i, obs in track.frames.items():
-            pts[i - start] = obs.points
-        return cls(track.track_id, start, pts)
+        pts = FrameStore(stop - start, (N_LANDMARKS, 3), np.float32)
+        width, opening = np.full(stop - start, np.nan, np.float32), np.full(stop - start, np.nan, np.float32)
+        for a in range(start, stop, block):
+            rows = np.full((min(block, stop - a), N_LANDMARKS, 3), np.nan, np.float32)
+            for i in range(a, a + len(rows)):
+                obs = track.frames.get(i)
+                if obs is not None:
+                    rows[i - a] = obs.points
+            seen = np.isfinite(rows[:, 0, 0])
+            width[a - start: a - start + len(rows)][seen] = rows[seen, :, 0].max(1) - rows[seen, :, 0].min(1)
+            opening[a - start: a - start + len(rows)] = mouth_opening(rows)
+            pts.write(a - start, rows)
+        return cls(track.track_id, start, pts, width, opening)
 
     @property
     def stop(self) -> int:
         return self.start + len(self.points)
 
-    def segment(self, a: int, b: int, pad: int = 0) -> tuple[int, np.ndarray]:
-        """(lo, landmarks of frames [lo, hi)): the part of [a, b) this track spans, widened by ``pad``
-        frames each side (NaN there, still inside [a, b)), so a lagged correlation pairs what a
-        whole-video array would."""
+    def window(self, a: int, b: int, pad: int = 0) -> tuple[int, np.ndarray, np.ndarray]:
+        """(lo, width, opening) over frames [lo, hi): the part of [a, b) this track spans, widened by
+        ``pad`` frames each side (NaN there, still inside [a, b)), so a lagged correlation pairs what
+        a whole-video array would."""
         lo, hi = max(a, self.start - pad), min(b, self.stop + pad)
-        out = np.full((max(hi - lo, 0), N_LANDMARKS, 3), np.nan, np.float32)
+        width, opening = np.full(max(hi - lo, 0), np.nan, np.float32), np.full(max(hi - lo, 0), np.nan, np.float32)
         s, e = max(lo, self.start), min(hi, self.stop)
         if s < e:
-            out[s - lo: e - lo] = self.points[s - self.start: e - self.start]
-        return lo, out
+            width[s - lo: e - lo] = self.width[s - self.start: e - self.start]
+            opening[s - lo: e - lo] = self.opening[s - self.start: e - self.start]
+        return lo, width, opening
 
-    def copy_into(self, out: np.ndarray, a: int, b: int) -> None:
-        """Write this track's landmarks of frames [a, b) into the whole-video array ``out``."""
-        lo, seg = self.segment(a, b)
-        out[lo:lo + len(seg)] = seg
+    def copy_into(self, out: FrameStore | np.ndarray, a: int, b: int, block: int = BLOCK_ROWS) -> None:
+        """Write this track's landmarks of frames [a, b) into the whole-video ``out``, a block at a time."""
+        stop = min(b, self.stop)
+        for s in range(max(a, self.start), stop, block):
+            e = min(s + block, stop)
+            out[s:e] = self.points.read(s - self.start, e - self.start)
 
 
 def _summaries(per_track: dict[int, TrackSpan], speech: np.ndarray | None, a: int, b: int) -> list[TrackSummary]:
     """Each track's presence, size and speech correlation within frames [a, b)."""
     out = []
     for tid, span in per_track.items():
-        lo, seg = span.segment(a, b, pad=_MAX_LAG)
-        present = np.isfinite(seg[:, 0, 0])
+        lo, width, opening = span.window(a, b, pad=_MAX_LAG)
+        present = np.isfinite(width)
         if not present.any():
             out.append(TrackSummary(tid, 0, 0.0, 0.0, None))
             continue
-        widths = seg[present, :, 0].max(1) - seg[present, :, 0].min(1)
-        corr = _correlation(mouth_opening(seg), speech[lo:lo + len(seg)]) if speech is not None else None
-        out.append(TrackSummary(tid, int(present.sum()), float(present.sum()) / max(b - a, 1), float(widths.mean()), corr))
+        corr = _correlation(opening, speech[lo:lo + len(opening)]) if speech is not None else None
+        out.append(TrackSummary(tid, int(present.sum()), float(present.sum()) / max(b - a, 1),
+                                float(width[present].mean()), corr))
     return out
 
 
@@ -293,37 +310,48 @@ def choose_speaker(tracks: list[TrackSummary], min_coverage: float = 0.2, margin
     return max(covered, key=lambda t: t.mean_face_px * t.coverage).track_id
 
 
-def _analyse(uri: str, raw: np.ndarray, shots: list[tuple[int, int, int | None]], tracks: list[TrackSummary],
+def _analyse(uri: str, raw: FrameStore, shots: list[tuple[int, int, int | None]], tracks: list[TrackSummary],
              timestamps: np.ndarray, fps: float, width: int, height: int, cuts: list[int], vfr: bool,
-             settings: Settings) -> TrackResult:
+             settings: Settings, block: int = BLOCK_ROWS) -> TrackResult:
+    """Smoothing, templates, pose, dynamics, crops and flags of the speaker's landmarks. The
+    landmark arrays stay on disk and are read a block of frames at a time; only per-frame scalars
+    are held for the whole video."""
     n = len(raw)
-    valid = np.isfinite(raw[:, 0, 0])
-    face_px = np.full(n, np.nan)
-    face_px[valid] = raw[valid, :, 0].max(1) - raw[valid, :, 0].min(1)
+    valid, face_px = np.zeros(n, bool), np.full(n, np.nan)
+    for a, rows in raw.blocks(block):
+        ok = np.isfinite(rows[:, 0, 0])
+        valid[a:a + len(rows)] = ok
+        face_px[a:a + len(rows)][ok] = rows[ok, :, 0].max(1) - rows[ok, :, 0].min(1)
     restart = np.zeros(n, bool)
     restart[[c for c in cuts if c < n]] = True
     smoothed = one_euro_zero_phase(raw, timestamps, valid, restart, min_cutoff=settings.smooth_min_cutoff,
-                        beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0), dtype=np.float32)
+                                   beta=settings.smooth_beta, scale=np.nan_to_num(face_px, nan=1.0), dtype=np.float32)
 
     templates = np.zeros((len(shots), N_LANDMARKS, 3))
     for k, (a, b, _) in enumerate(shots):  # one template per shot: a cut may bring another person
         if valid[a:b].any():
-            templates[k] = build_template(smoothed[a:b].astype(np.float64), valid[a:b])
+            templates[k] = template_of(smoothed, a + np.flatnonzero(valid[a:b]))
     shot_of = np.zeros(n, np.int64)
     for k, (a, b, _) in enumerate(shots):
         shot_of[a:b] = k
     scale, rot, trans = np.zeros(n), np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 3))
     euler, residual = np.zeros((n, 3)), np.zeros(n)
-    disp = np.zeros((n, N_LANDMARKS, 3), np.float32)
+    disp = FrameStore(n, (N_LANDMARKS, 3), np.float32)        # zeros where no face
     crop = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (n, 1, 1))
-    for i in np.flatnonzero(valid):
-        template = templates[shot_of[i]]
-        pose, _ = fit_pose(smoothed[i].astype(np.float64), template)
-        scale[i], rot[i], trans[i] = pose.scale, pose.rotation, pose.translation
-        euler[i] = euler_degrees(pose.rotation)
-        disp[i] = to_canonical(smoothed[i].astype(np.float64), pose) - template
-        crop[i] = crop_matrix(smoothed[i], settings.crop_size)
-        residual[i] = fit_pose(raw[i].astype(np.float64), template)[1]  # of the raw tracking: its confidence
+    for a in range(0, n, block):
+        if not valid[a:a + block].any():
+            continue
+        smooth_rows, raw_rows = smoothed.read(a, a + block), raw.read(a, a + block)
+        disp_rows = np.zeros_like(smooth_rows)
+        for i in a + np.flatnonzero(valid[a:a + block]):
+            template, smooth_i = templates[shot_of[i]], smooth_rows[i - a]
+            pose, _ = fit_pose(smooth_i.astype(np.float64), template)
+            scale[i], rot[i], trans[i] = pose.scale, pose.rotation, pose.translation
+            euler[i] = euler_degrees(pose.rotation)
+            disp_rows[i - a] = to_canonical(smooth_i.astype(np.float64), pose) - template
+            crop[i] = crop_matrix(smooth_i, settings.crop_size)
+            residual[i] = fit_pose(raw_rows[i - a].astype(np.float64), template)[1]  # of the raw tracking: its confidence
+        disp.write(a, disp_rows)
     flags = {
         "no_face": ~valid,
         "small_face": valid & (np.nan_to_num(face_px) < settings.small_face_px),

@@ -227,9 +227,9 @@ def test_segments_tracked_at_once_join_into_the_same_tracks(shared_data, tmp_pat
 
 
 def test_track_spans_summarise_shots_as_whole_video_arrays_did():
-    """Each face track is held over its own frames only (a video of many shots has many tracks);
-    presence, size and the lagged speech correlation per shot are what one whole-video array per
-    track gave."""
+    """Each face track is held over its own frames only (a video of many shots has many tracks),
+    its landmarks on disk and two numbers a frame in memory; presence, size and the lagged speech
+    correlation per shot are what one whole-video array per track gave."""
     from tasks.facemesh import FaceObservation, Track
     from tasks.landmarks import N_LANDMARKS
     from tasks.track import TrackSpan, _correlation, _summaries
@@ -251,6 +251,7 @@ def test_track_spans_summarise_shots_as_whole_video_arrays_did():
         dense[t.track_id] = pts
     spans = {t.track_id: TrackSpan.of(t) for t in tracks}
     assert sum(s.points.nbytes for s in spans.values()) < 0.5 * sum(p.nbytes for p in dense.values())
+    assert sum(s.width.nbytes + s.opening.nbytes for s in spans.values()) < 0.002 * sum(p.nbytes for p in dense.values())
     for a, b in [(0, n), (0, 150), (150, 300), (118, 125)]:
         got = {s.track_id: s for s in _summaries(spans, speech, a, b)}
         for tid, pts in dense.items():
@@ -258,6 +259,9 @@ def test_track_spans_summarise_shots_as_whole_video_arrays_did():
             present = np.isfinite(seg[:, 0, 0])
             s = got[tid]
             assert s.frames == int(present.sum()) and s.coverage == pytest.approx(float(present.mean()))
+            if present.any():
+                widths = seg[present, :, 0].max(1) - seg[present, :, 0].min(1)
+                assert s.mean_face_px == float(widths.mean())
             if present.any():
                 assert s.speech_correlation == _correlation(mouth_opening(seg), speech[a:b])
     raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
