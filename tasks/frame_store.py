@@ -135,9 +135,9 @@ class FrameStore:
         return out
 
     def __getitem__(self, key):
+        if key is Ellipsis or (isinstance(key, tuple) and (not key or key[0] is Ellipsis or key[0] is None)):
+            return np.asarray(self)[key]          # no rows named first: the whole array (short clips, tools)
         if isinstance(key, tuple):
-            if not key:
-                return np.asarray(self)
             rows = self.rows(key[0])
             rest = key[1:]
             return rows[rest] if isinstance(key[0], (int, np.integer)) else rows[(slice(None), *rest)]

@@ -25,7 +25,8 @@ def test_reads_pick_the_same_rows_as_the_array(array):
     rng = np.random.default_rng(1)
     keys = [5, -1, slice(10, 20), slice(None), slice(2990, 4000), slice(0, 100, 7), np.arange(100, 180),
             rng.integers(0, 3000, 50), np.array([2999, 0, 1500, 1500]), rng.random(3000) < 0.3,
-            np.array([], np.int64), (slice(3, 9), 0, 0), (np.arange(4), slice(None), 2), (12, 5)]
+            np.array([], np.int64), (slice(3, 9), 0, 0), (np.arange(4), slice(None), 2), (12, 5),
+            (Ellipsis, 4, slice(0, 2)), Ellipsis]
     for key in keys:
         np.testing.assert_array_equal(store[key], array[key], err_msg=str(key))
     np.testing.assert_array_equal(np.asarray(store), array)
