@@ -34,7 +34,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -96,34 +96,52 @@ def _window_starts(n_frames: int, length: int, hop: int) -> list[int]:
     return [k * hop for k in range(1 + math.ceil((n_frames - length) / hop))]
 
 
-def _crossfade(parts: list[tuple[int, np.ndarray]], n_frames: int, overlap: int) -> np.ndarray:
-    """Join window outputs (start frame, (len, d)) into (n_frames, d), linearly cross-fading overlaps.
+def _crossfade(parts: Iterable[tuple[int, np.ndarray]], n_frames: int, overlap: int) -> np.ndarray:
+    """Join window outputs (start frame, (len, d)), in order of start, into (n_frames, d), linearly
+    cross-fading overlaps.
 
     Each window's weight ramps over ``overlap`` frames at an inner edge (not at the track's ends):
-    in an overlap the two weights sum to 1, so there is no step where windows meet.
+    in an overlap the two weights sum to 1, so there is no step where windows meet. Windows are
+    taken as they come and the frames no later window reaches are finished at once: only a window
+    and its overlap are summed in float64, never the whole track (an hour of it was 2 GB).
     """
-    d = parts[0][1].shape[1]
-    out = np.zeros((n_frames, d), np.float64)
-    total = np.zeros(n_frames, np.float64)
+    items = iter(parts)
+    cur = next(items, None)
+    if cur is None:
+        raise AssertionError("window layout left frames uncovered")
+    d = cur[1].shape[1]
+    result = np.empty((n_frames, d), np.float32)
     ramp = (np.arange(overlap) + 1.0) / (overlap + 1.0)
-    for k, (start, feats) in enumerate(parts):
+    lo, acc, weight = 0, np.zeros((0, d), np.float64), np.zeros(0, np.float64)   # sums over frames [lo, lo + len(acc))
+    k = 0
+    while cur is not None:
+        nxt = next(items, None)
+        start, feats = cur
         feats = feats[: max(0, n_frames - start)]
         w = np.ones(len(feats))
         if k > 0:
             m = min(overlap, len(w))
             w[:m] *= ramp[:m]
-        if k < len(parts) - 1:
+        if nxt is not None:
             m = min(overlap, len(w))
             w[len(w) - m:] *= ramp[::-1][overlap - m:]
-        out[start:start + len(feats)] += w[:, None] * feats
-        total[start:start + len(feats)] += w
-    if np.any(total <= 0):
+        end = max(lo + len(acc), start + len(feats))
+        if end - lo > len(acc):
+            acc = np.concatenate([acc, np.zeros((end - lo - len(acc), d), np.float64)])
+            weight = np.concatenate([weight, np.zeros(end - lo - len(weight), np.float64)])
+        acc[start - lo:start - lo + len(feats)] += w[:, None] * feats
+        weight[start - lo:start - lo + len(feats)] += w
+        done = min(nxt[0] if nxt is not None else n_frames, n_frames) - lo   # no later window reaches these
+        if done > len(acc) or np.any(weight[:max(done, 0)] <= 0):
+            raise AssertionError("window layout left frames uncovered")
+        if done > 0:
+            result[lo:lo + done] = (acc[:done] / weight[:done, None]).astype(np.float32)
+            lo, acc, weight = lo + done, acc[done:], weight[done:]
+        cur, k = nxt, k + 1
+    if lo < n_frames:
         raise AssertionError("window layout left frames uncovered")
-    return (out / total[:, None]).astype(np.float32)
+    return result
 
-
-# ---------------------------------------------------------------------------------------------
-# Whisper encoder (weights from a CTranslate2 model folder, run in PyTorch)
 
 _N_FFT, _HOP, _N_MELS = 400, 160, 80       # Whisper's log-mel: 25-ms window, 100 frames/s
 _WIN_MEL = 3000                            # the encoder's fixed 30-s input
@@ -149,11 +167,15 @@ def whisper_log10_mel(samples: np.ndarray, n_frames: int, mel_filters: np.ndarra
     """
     filters = _whisper_mel_filters() if mel_filters is None else mel_filters
     x = _as_samples(samples)
-    need = n_frames * _HOP  # frame j is centred on sample j * 160
-    if len(x) < need:
-        x = np.pad(x, (0, need - len(x)))
+    n = max(len(x), n_frames * _HOP)  # frame j is centred on sample j * 160; zeros past the samples
     half = _N_FFT // 2
-    xp = np.pad(x, (half, half), mode="reflect") if len(x) > half else np.pad(x, (half, half))
+    # the zero-padded samples, reflect-padded by half a window each side (np.pad's "reflect"), built
+    # in one array: two np.pad copies of an hour of samples were 0.5 GB
+    xp = np.zeros(n + 2 * half, np.float32)
+    xp[half:half + len(x)] = x
+    if n > half:
+        xp[:half] = xp[2 * half:half:-1]
+        xp[half + n:] = xp[half + n - 2:n - 2:-1]
     window = np.hanning(_N_FFT + 1)[:-1].astype(np.float32)
     log_spec = np.empty((_N_MELS, n_frames), np.float32)
     for j0 in range(0, n_frames, _MEL_BLOCK):
@@ -273,14 +295,16 @@ class WhisperEncoderFeatures:
         self._load()
         starts = _window_starts(n_out, _WIN_OUT, _HOP_OUT)
         mel = whisper_log10_mel(x, 2 * starts[-1] + _WIN_MEL, self._filters)
-        parts: list[tuple[int, np.ndarray]] = []
-        for b in range(0, len(starts), self.batch_windows):
-            batch = starts[b:b + self.batch_windows]
-            # Range clamp per window, as in Whisper's 30-s training clips: a window's features then
-            # depend on its own audio only (a loud event minutes away does not move its floor).
-            enc = self._encode(np.stack([whisper_normalise(mel[:, 2 * s: 2 * s + _WIN_MEL]) for s in batch]))
-            parts += [(s, e) for s, e in zip(batch, enc)]
-        return _crossfade(parts, n_out, _WIN_OUT - _HOP_OUT)
+
+        def windows() -> Iterator[tuple[int, np.ndarray]]:
+            for b in range(0, len(starts), self.batch_windows):
+                batch = starts[b:b + self.batch_windows]
+                # Range clamp per window, as in Whisper's 30-s training clips: a window's features then
+                # depend on its own audio only (a loud event minutes away does not move its floor).
+                enc = self._encode(np.stack([whisper_normalise(mel[:, 2 * s: 2 * s + _WIN_MEL]) for s in batch]))
+                yield from zip(batch, enc)
+
+        return _crossfade(windows(), n_out, _WIN_OUT - _HOP_OUT)
 
 
 # ---------------------------------------------------------------------------------------------
