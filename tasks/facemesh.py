@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from tasks.frame_store import FrameStore
 from tasks.landmarks import N_LANDMARKS
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: warnings and up only
@@ -38,15 +39,52 @@ def import_mediapipe():
     return mediapipe
 
 
-@dataclass
+class LandmarkLog:
+    """Observations' landmarks appended to disk as a tracker makes them. A tracker that keeps its
+    tracks' whole history (tracking a video) then holds a box and a row number an observation in
+    memory, not 5.7 kB of landmarks: an hour of video at 25 fps was half a gigabyte a face."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.rows = FrameStore(capacity, (N_LANDMARKS, 3), np.float32)
+        self.count = 0
+
+    def append(self, points: np.ndarray) -> int:
+        if self.count == len(self.rows):
+            self.rows.resize(2 * len(self.rows))
+        self.rows.write(self.count, np.asarray(points)[None])
+        self.count += 1
+        return self.count - 1
+
+
 class FaceObservation:
-    points: np.ndarray  # (478, 3) pixels (x, y, z; z in the same pixel scale as x)
+    """One face's landmarks in one frame, in memory or (``spill``) in a ``LandmarkLog``."""
+
+    __slots__ = ("_points", "_log", "_row", "box")
+
+    def __init__(self, points: np.ndarray) -> None:
+        self._log: LandmarkLog | None = None
+        self._row = -1
+        self.points = points
 
     @property
-    def box(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.points[:, :2].min(0)
-        x1, y1 = self.points[:, :2].max(0)
-        return float(x0), float(y0), float(x1), float(y1)
+    def points(self) -> np.ndarray:
+        """(478, 3) pixels (x, y, z; z in the same pixel scale as x)."""
+        return self._points if self._log is None else self._log.rows.read(self._row, self._row + 1)[0]
+
+    @points.setter
+    def points(self, value: np.ndarray) -> None:
+        if self._log is None:
+            self._points = value
+        else:
+            self._log.rows.write(self._row, np.asarray(value)[None])
+        x0, y0 = value[:, :2].min(0)
+        x1, y1 = value[:, :2].max(0)
+        self.box: tuple[float, float, float, float] = (float(x0), float(y0), float(x1), float(y1))
+
+    def spill(self, log: LandmarkLog) -> None:
+        """Move the landmarks to ``log``; the box stays in memory (linking reads only boxes)."""
+        if self._log is None:
+            self._row, self._log, self._points = log.append(self._points), log, None
 
     @property
     def width(self) -> float:
@@ -98,8 +136,14 @@ class FaceMeshTracker:
 
     def __init__(self, max_faces: int = 2, min_detection: float = 0.5, min_tracking: float = 0.5,
                  link_iou: float = 0.3, max_gap_frames: int = 25, search_every: int = 10,
-                 cut_correlation: float = 0.9, cut_pixel_diff: float = 30.0) -> None:
+                 cut_correlation: float = 0.9, cut_pixel_diff: float = 30.0, keep_history: bool = True) -> None:
+        """``keep_history=False``: each track keeps only its latest observation and tracks out of
+        reach are dropped (a caller that takes each frame's landmarks from ``process`` as they come,
+        as QA does, holds no memory that grows with the video's length)."""
         self._mp = import_mediapipe()
+        self.keep_history = keep_history
+        self._log = LandmarkLog() if keep_history else None   # where a kept history's landmarks go
+        self._next_id = 0
         self.max_faces, self.min_detection, self.min_tracking = max_faces, min_detection, min_tracking
         self.link_iou, self.max_gap = link_iou, max_gap_frames
         self.cuts = CutDetector(cut_correlation, cut_pixel_diff)
@@ -143,7 +187,8 @@ class FaceMeshTracker:
                 live[k].frames.update(t.frames)
                 live[k].last_frame = t.last_frame
             else:
-                self.tracks.append(Track(len(self.tracks), dict(t.frames), t.last_frame))
+                self.tracks.append(Track(self._next_id, dict(t.frames), t.last_frame))
+                self._next_id += 1
 
     def rescale(self, fx: float, fy: float) -> None:
         """Stretch every observation's coordinates by (``fx``, ``fy``) (z with x): landmarks found on a frame
@@ -217,6 +262,8 @@ class FaceMeshTracker:
         """Greedy overlap matching against tracks seen recently (and not across a cut)."""
         cut = bool(self.cut_frames) and self.cut_frames[-1] == index
         live = [t for t in self.tracks if index - t.last_frame <= self.max_gap and not cut]
+        if not self.keep_history:
+            self.tracks = list(live)
         pairs = sorted(((iou(f.box, t.frames[t.last_frame].box), fi, ti) for fi, f in enumerate(faces)
                         for ti, t in enumerate(live)), reverse=True)
         used_f, used_t = set(), set()
@@ -225,9 +272,16 @@ class FaceMeshTracker:
                 continue
             used_f.add(fi)
             used_t.add(ti)
-            live[ti].frames[index] = faces[fi]
+            if self._log is not None:
+                faces[fi].spill(self._log)
+                live[ti].frames[index] = faces[fi]
+            else:
+                live[ti].frames = {index: faces[fi]}
             live[ti].last_frame = index
         for fi, f in enumerate(faces):
             if fi not in used_f:
-                t = Track(len(self.tracks), {index: f}, index)
+                if self._log is not None:
+                    f.spill(self._log)
+                t = Track(self._next_id, {index: f}, index)
+                self._next_id += 1
                 self.tracks.append(t)

@@ -70,6 +70,11 @@ class FrameStore:
     def __repr__(self) -> str:
         return f"FrameStore(shape={self.shape}, dtype={self.dtype})"
 
+    def resize(self, n_rows: int) -> None:
+        """Grow (or cut) to ``n_rows``; new rows read as zeros until written."""
+        os.ftruncate(self._fileno(), int(n_rows) * self.row_bytes)
+        self.n_rows = int(n_rows)
+
     # --- rows -------------------------------------------------------------------------------------
     def _fileno(self) -> int:
         if self._fd is None:

@@ -37,6 +37,7 @@ from models.resyncer import ReSyncer
 from tasks.decode import FramePool, VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import encode_h264, mux_audio
+from tasks.frame_store import FrameStore
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
@@ -60,7 +61,7 @@ class DubResult:
     model_version: str | None
     timings: dict[str, float] = field(default_factory=dict)
     predicted_opening: np.ndarray | None = None   # (T,) intended mouth opening (QA: mesh-following)
-    intended_marks: np.ndarray | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed)
+    intended_marks: FrameStore | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed), on disk
     detail_factor: int = 0                        # texture carried over this many times finer than the crop; 0: off
 
 
@@ -182,11 +183,11 @@ def publish(storage: Storage, audio_uri: str | None, silent: str, final: str, ou
     storage.put_file(final, output_uri)
 
 
-def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: int, chunk: int = 1024) -> np.ndarray:
-    """(T, V, 2) the planned landmarks in the QA crop of side ``crop`` (NaN where not redrawn)."""
+def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: int, chunk: int = 1024) -> FrameStore:
+    """(T, V, 2) the planned landmarks in the QA crop of side ``crop`` (NaN where not redrawn), on disk."""
     mats = crop_matrices(track, crop, settings.crop_size)
     usable = np.flatnonzero(plan.usable)
-    out = np.full((track.n_frames, plan.motion.shape[1], 2), np.nan, np.float32)
+    out = FrameStore(track.n_frames, (plan.motion.shape[1], 2), np.float32, fill=np.nan)
     for a in range(0, len(usable), chunk):
         idx = usable[a:a + chunk]
         new = plan.meshes(track, idx)[0]

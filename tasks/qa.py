@@ -21,6 +21,7 @@ from catalogs.settings import Settings
 from models.sync_expert import SyncExpert
 from tasks.audio import Audio, pause_frames, speech_envelope, speech_frames  # noqa: F401 (re-exported)
 from tasks.facemesh import FaceMeshTracker
+from tasks.frame_store import BLOCK_ROWS, FrameStore
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
@@ -63,7 +64,7 @@ class OutputObserver:
     mats: np.ndarray                  # (N, 2, 3) source frame -> QA crop
     usable: np.ndarray                # (N,) frames that were redrawn
     identity_every: int = 25          # frames between identity samples
-    marks: np.ndarray = field(init=False)
+    marks: FrameStore = field(init=False)   # (N, 478, 2) re-tracked landmarks, on disk (NaN: none)
     sharp_out: np.ndarray = field(init=False)
     sharp_src: np.ndarray = field(init=False)
     identity: list[float] = field(default_factory=list)
@@ -71,10 +72,10 @@ class OutputObserver:
 
     def __post_init__(self) -> None:
         n = len(self.mats)
-        self.marks = np.full((n, 478, 2), np.nan, np.float32)
+        self.marks = FrameStore(n, (478, 2), np.float32, fill=np.nan)
         self.sharp_out = np.full(n, np.nan)
         self.sharp_src = np.full(n, np.nan)
-        self._tracker = FaceMeshTracker(max_faces=1)
+        self._tracker = FaceMeshTracker(max_faces=1, keep_history=False)   # each frame's marks are kept here
         self._faces = FaceIdentity()
 
     def __call__(self, indices: np.ndarray, source: np.ndarray, output: np.ndarray) -> None:
@@ -83,6 +84,7 @@ class OutputObserver:
         self.seconds += time.perf_counter() - t
 
     def _observe(self, indices: np.ndarray, source: np.ndarray, output: np.ndarray) -> None:
+        marks = np.full((len(indices), 478, 2), np.nan, np.float32)
         for k, i in enumerate(indices):
             if not self.usable[i]:
                 continue
@@ -91,7 +93,7 @@ class OutputObserver:
             if not faces:
                 continue
             pts = faces[0].points[:, :2]
-            self.marks[i] = pts
+            marks[k] = pts
             box = self.mouth_box(pts)
             src = warp_crop(source[k], self.mats[i], QA_CROP)
             self.sharp_out[i] = laplacian_sharpness(out[box])
@@ -100,6 +102,7 @@ class OutputObserver:
                 face = (*pts.min(0), *pts.max(0))
                 self.identity.append(FaceIdentity.distance(self._faces.descriptor(src, face),
                                                            self._faces.descriptor(out, face)))
+        self.marks[np.asarray(indices)] = marks
 
     @staticmethod
     def mouth_box(pts: np.ndarray, margin: float = 0.15) -> tuple[slice, slice]:
@@ -166,13 +169,17 @@ def sync_metrics(expert: SyncExpert, observer: OutputObserver, timestamps: np.nd
 
 
 def item_metrics(settings: Settings, observer: OutputObserver, timestamps: np.ndarray, dubbed_audio: Audio,
-                 sync: dict[str, float], source_audio: Audio | None, intended: np.ndarray, rendered: int, frames: int,
+                 sync: dict[str, float], source_audio: Audio | None, intended: np.ndarray | FrameStore, rendered: int, frames: int,
                  overhang_s: float, flags: dict[str, float] | None = None) -> dict[str, float]:
     """The QA metrics of one dub. ``sync``: the sync expert's (``sync_metrics``); ``intended``:
-    (N, 478, 2) planned landmarks in the QA crop (for the renderer's obedience, ``mesh_error_px``)."""
-    opening = mouth_opening(observer.marks)
+    (N, 478, 2) planned landmarks in the QA crop (for the renderer's obedience, ``mesh_error_px``).
+    Landmarks are read a block of frames at a time: they may be on disk (``FrameStore``)."""
+    n = len(observer.marks)
+    opening = np.concatenate([mouth_opening(observer.marks[a:a + BLOCK_ROWS]) for a in range(0, n, BLOCK_ROWS)]
+                             or [np.zeros(0, np.float32)])
     fps = 1.0 / float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 25.0
-    lips = np.linalg.norm(observer.marks[:, LIPS] - intended[:, LIPS], axis=-1).mean(-1)
+    lips = np.concatenate([np.linalg.norm(observer.marks[a:a + BLOCK_ROWS][:, LIPS] - intended[a:a + BLOCK_ROWS][:, LIPS],
+                                          axis=-1).mean(-1) for a in range(0, n, BLOCK_ROWS)] or [np.zeros(0)])
     speech = speech_frames(dubbed_audio, timestamps)
     metrics = {
         "face_coverage": rendered / max(frames, 1),

@@ -23,6 +23,7 @@ import torch
 from models.audio_features import AudioFeatures, LogMelFeatures, make_features, stack_context
 from models.checkpoint import load_checkpoint
 from models.sync_expert import SyncExpert, SyncExpertConfig, offset_distances
+from tasks.frame_store import BLOCK_ROWS, FrameStore
 from tasks.landmarks import CHIN, eye_centers
 
 # Mouth shape measures, each a distance between two landmarks: inner and outer lip gaps, inner and
@@ -34,20 +35,25 @@ EMBED_CHUNK = 2048             # frames embedded at a time
 BUNDLED_EXPERT = Path(__file__).resolve().parent.parent / "models" / "weights" / "sync-expert"
 
 
-def mouth_features(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mouth_features(points: np.ndarray | FrameStore) -> tuple[np.ndarray, np.ndarray]:
     """(T, 478, >=2) landmarks in any image frame -> ((T, 9) mouth shape measures, (T,) finite frames).
 
     Distances between landmarks over the eye distance, minus the clip's median: what is left is how
-    the mouth moves, not whose mouth it is or how the head sits."""
-    p = np.asarray(points, np.float64)[..., :2]
-    le, re = eye_centers(p)
-    scale = np.linalg.norm(re - le, axis=-1)
-    d = np.linalg.norm(p[:, SHAPE_PAIRS[:, 0]] - p[:, SHAPE_PAIRS[:, 1]], axis=-1)
-    ok = np.isfinite(d).all(1) & np.isfinite(scale) & (scale > 1e-6)
-    feats = np.zeros((len(p), len(SHAPE_PAIRS)), np.float32)
+    the mouth moves, not whose mouth it is or how the head sits. The landmarks are read a block of
+    frames at a time (they may be on disk): only the nine measures are held for the whole clip."""
+    rel = np.full((len(points), len(SHAPE_PAIRS)), np.nan)
+    ok = np.zeros(len(points), bool)
+    for a in range(0, len(points), BLOCK_ROWS):
+        p = np.asarray(points[a:a + BLOCK_ROWS], np.float64)[..., :2]
+        le, re = eye_centers(p)
+        scale = np.linalg.norm(re - le, axis=-1)
+        d = np.linalg.norm(p[:, SHAPE_PAIRS[:, 0]] - p[:, SHAPE_PAIRS[:, 1]], axis=-1)
+        good = np.isfinite(d).all(1) & np.isfinite(scale) & (scale > 1e-6)
+        rel[a:a + len(p)][good] = d[good] / scale[good, None]
+        ok[a:a + len(p)] = good
+    feats = np.zeros((len(points), len(SHAPE_PAIRS)), np.float32)
     if ok.any():
-        rel = d[ok] / scale[ok, None]
-        feats[ok] = (rel - np.median(rel, axis=0)) * MOUTH_SCALE
+        feats[ok] = (rel[ok] - np.median(rel[ok], axis=0)) * MOUTH_SCALE
     return feats, ok
 
 

@@ -230,18 +230,21 @@ def test_track_spans_summarise_shots_as_whole_video_arrays_did():
     """Each face track is held over its own frames only (a video of many shots has many tracks),
     its landmarks on disk and two numbers a frame in memory; presence, size and the lagged speech
     correlation per shot are what one whole-video array per track gave."""
-    from tasks.facemesh import FaceObservation, Track
+    from tasks.facemesh import FaceObservation, LandmarkLog, Track
     from tasks.landmarks import N_LANDMARKS
     from tasks.track import TrackSpan, _correlation, _summaries
 
     rng = np.random.default_rng(3)
     n = 300
     speech = rng.random(n)
+    log = LandmarkLog(capacity=16)
     base = rng.normal(100, 20, (N_LANDMARKS, 3)).astype(np.float32)
     tracks = []
     for tid, (a, b) in enumerate([(0, 120), (100, 300), (150, 160), (210, 290)]):
         frames = {i: FaceObservation(base + rng.normal(0, 2, base.shape).astype(np.float32) * (1 + speech[i]))
                   for i in range(a, b) if rng.random() > 0.1}
+        for i in list(frames)[::2]:          # a tracker keeping history spills its landmarks to disk
+            frames[i].spill(log)
         tracks.append(Track(tid, frames, max(frames)))
     dense = {}
     for t in tracks:
@@ -267,3 +270,26 @@ def test_track_spans_summarise_shots_as_whole_video_arrays_did():
     raw = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
     spans[1].copy_into(raw, 150, 300)
     assert np.array_equal(raw[150:], dense[1][150:], equal_nan=True) and np.isnan(raw[:150]).all()
+
+
+def test_observations_spilled_to_disk_read_rescale_and_box_as_in_memory():
+    """A tracker that keeps its tracks' history moves each observation's landmarks to a log on disk
+    (an hour of one face was half a gigabyte of them); what it reads back, its box and a rescale
+    are what the in-memory observation gives."""
+    from tasks.facemesh import FaceObservation, LandmarkLog
+
+    rng = np.random.default_rng(8)
+    points = rng.normal(300, 80, (5, 478, 3)).astype(np.float32)
+    log = LandmarkLog(capacity=2)
+    kept = [FaceObservation(p.copy()) for p in points]
+    spilled = [FaceObservation(p.copy()) for p in points]
+    for o in spilled:
+        o.spill(log)
+    assert log.count == 5 and len(log.rows) == 8 and all(o._points is None for o in spilled)
+    factor = np.array([1.5, 2.0, 1.5], np.float32)
+    for step in range(2):
+        for a, b in zip(kept, spilled):
+            np.testing.assert_array_equal(a.points, b.points)
+            assert a.box == b.box and a.width == b.width
+        for o in kept + spilled:       # what FaceMeshTracker.rescale does to every observation
+            o.points = o.points * factor
