@@ -73,6 +73,10 @@ class Settings(BaseSettings):
                               "own thread by at most this many).")
     malloc_reuse_mb: int = Field(256, ge=0, description="glibc keeps freed blocks up to this size for reuse instead of "
                                  "unmapping them (a dub streams 96 MB chunks: 13% faster at 1080p here); 0 leaves glibc's defaults.")
+    spill_dir: str | None = Field(None, description="Local folder where a video's per-frame landmark arrays wait while it is "
+                                  "tracked, planned, dubbed and checked (unlinked files, about 25 kB a frame: 2 GB an hour at 25 fps), "
+                                  "so memory does not grow with the video's length. None: the system temp folder (TMPDIR). "
+                                  "Put it on disk: on a tmpfs the arrays are in memory again.")
     tracking_max_side: int = Field(960, ge=64, description="The tracker reads frames shrunk to at most this many pixels on the "
                                    "longer side (FFmpeg scales while decoding); landmarks are stored in the video's own pixels.")
     tracking_segments: int = Field(2, ge=1, description="Consecutive segments of one video tracked at once (one MediaPipe "

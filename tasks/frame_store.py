@@ -22,11 +22,23 @@ from typing import Iterator
 import numpy as np
 
 BLOCK_ROWS = 1024    # rows per read or write in the whole-array helpers: ~6 MB of meshes
+_directory: str | None = None     # where new stores put their files (``use_directory``)
+
+
+def use_directory(path: str | None) -> None:
+    """Put the files of stores made from now on in ``path`` (``settings.spill_dir``; None: the
+    system temp folder). Process-wide and idempotent, like ``tasks.malloc``: the stages that make
+    stores (tracking, planning, QA) call it with their settings."""
+    global _directory
+    if path:
+        os.makedirs(path, exist_ok=True)
+    _directory = path or None
 
 
 class FrameStore:
-    """(T, *row_shape) array of ``dtype`` in an unlinked file of ``directory`` (the system's temp
-    folder by default); the file's space is given back when the store is closed or collected."""
+    """(T, *row_shape) array of ``dtype`` in an unlinked file of ``directory`` (default: the folder
+    of ``use_directory``, else the system's temp folder); the file's space is given back when the
+    store is closed or collected."""
 
     def __init__(self, n_rows: int, row_shape: tuple[int, ...], dtype: np.dtype | type = np.float32,
                  directory: str | None = None, fill: float | None = None):
@@ -34,7 +46,7 @@ class FrameStore:
         self.row_shape = tuple(int(s) for s in row_shape)
         self.n_rows = int(n_rows)
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        fd, path = tempfile.mkstemp(prefix="resync-rows-", suffix=".bin", dir=directory)
+        fd, path = tempfile.mkstemp(prefix="resync-rows-", suffix=".bin", dir=directory or _directory)
         os.unlink(path)          # only our descriptor holds it: no file is left behind by a crash
         self._fd: int | None = fd
         os.ftruncate(fd, self.n_rows * self.row_bytes)   # sparse: reads of unwritten rows give zeros
@@ -193,9 +205,4 @@ class FrameStore:
             self.close()
 
 
-def rows_of(array: "np.ndarray | FrameStore", index) -> np.ndarray:
-    """``array[index]`` for an in-memory array or a store alike, as an ndarray."""
-    return array[index] if isinstance(array, FrameStore) else np.asarray(array)[index]
-
-
-__all__ = ["FrameStore", "BLOCK_ROWS", "rows_of"]
+__all__ = ["FrameStore", "BLOCK_ROWS", "use_directory"]

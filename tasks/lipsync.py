@@ -37,7 +37,7 @@ from models.resyncer import ReSyncer
 from tasks.decode import FramePool, VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import encode_h264, mux_audio
-from tasks.frame_store import FrameStore
+from tasks.frame_store import FrameStore, use_directory
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
@@ -92,6 +92,7 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     reuse_large_allocations(settings.malloc_reuse_mb)    # process-wide and idempotent: chunks reuse their memory
+    use_directory(settings.spill_dir)                    # process-wide too: where the plan's motion waits
     duration = video_duration(track)
     usable_frames(track, video_uri)                       # no face at all fails before anything loads
     audio = dub_audio(storage, settings, inputs.audio_uri, duration)

@@ -23,7 +23,7 @@ from catalogs.storage import Storage
 from tasks.audio import load_audio, loudness_lufs, speech_envelope
 from tasks.decode import FramePool, VideoSource
 from tasks.facemesh import FaceMeshTracker
-from tasks.frame_store import BLOCK_ROWS, FrameStore
+from tasks.frame_store import BLOCK_ROWS, FrameStore, use_directory
 from tasks.geometry import Similarity, crop_matrix, euler_degrees, fit_pose, template_of, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
@@ -149,6 +149,7 @@ def track_video(storage: Storage, settings: Settings, uri: str,
                 progress: Callable[[int, int], None] | None = None) -> TrackResult:
     """Track the speaking face of ``uri``. Raises ``ResyncError`` for undecodable media and ``no_face``
     when no face is found in any frame."""
+    use_directory(settings.spill_dir)          # where the landmarks wait (process-wide, like tasks.malloc)
     with VideoSource(storage, uri) as video:
         n, fps = video.n_frames, video.fps
         timestamps, (width, height), vfr = video.timestamps, video.size, video.is_vfr
@@ -370,6 +371,7 @@ def track_cached(storage: Storage, settings: Settings, uri: str, video_sha256: s
     version, else tracked and saved. Returns (result, artifact URI, reused)."""
     from tasks import track_artifact
 
+    use_directory(settings.spill_dir)          # a loaded artifact's landmarks wait there too
     art = track_artifact.artifact_uri(storage, video_sha256, tracker_version(settings))
     if storage.exists(art):
         return track_artifact.load(storage, art), art, True

@@ -73,3 +73,20 @@ def test_reading_a_block_does_not_grow_resident_memory():
     total = sum(float(rows[:, 0, 0].sum()) for _, rows in store.blocks(1024))
     assert total == 20000
     assert rss() - before < 60e6
+
+
+def test_stores_go_where_the_spill_setting_says(tmp_path):
+    """``settings.spill_dir`` (RESYNC_SPILL_DIR) picks the folder: a tmpfs /tmp would hold the
+    arrays in memory again, so a deployment points it at a disk."""
+    from tasks.frame_store import use_directory
+
+    folder = tmp_path / "spill"
+    use_directory(str(folder))
+    try:
+        store = FrameStore(10, (478, 3))
+        where = os.readlink(f"/proc/self/fd/{store._fileno()}")
+        assert where.startswith(str(folder)) and where.endswith("(deleted)")
+    finally:
+        use_directory(None)
+    other = FrameStore(10, (478, 3))
+    assert not os.readlink(f"/proc/self/fd/{other._fileno()}").startswith(str(folder))
