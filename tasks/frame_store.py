@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -205,4 +205,12 @@ class FrameStore:
             self.close()
 
 
-__all__ = ["FrameStore", "BLOCK_ROWS", "use_directory"]
+def per_block(fn: Callable[..., np.ndarray], *arrays, block: int = BLOCK_ROWS) -> np.ndarray:
+    """``fn`` over rows [a, a + block) of every one of ``arrays`` (arrays or stores of one length),
+    joined: a per-frame measure of a whole video with only a block of its rows in memory."""
+    n = len(arrays[0])
+    parts = [fn(*(x[a:a + block] for x in arrays)) for a in range(0, n, block)]
+    return np.concatenate(parts) if parts else fn(*(x[0:0] for x in arrays))
+
+
+__all__ = ["FrameStore", "BLOCK_ROWS", "per_block", "use_directory"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from tasks.frame_store import BLOCK_ROWS
 from tasks.landmarks import MOUTH_CORNERS, STABLE, eye_centers
 
 
@@ -66,7 +67,7 @@ def build_template(points: np.ndarray, valid: np.ndarray, iterations: int = 3) -
     return template_of(points, np.flatnonzero(valid), iterations)
 
 
-def template_of(points, frames: np.ndarray, iterations: int = 3, block: int = 1024) -> np.ndarray:
+def template_of(points, frames: np.ndarray, iterations: int = 3, block: int = BLOCK_ROWS) -> np.ndarray:
     """``build_template`` over the rows ``frames`` of ``points`` (an array or a ``FrameStore``),
     read a block at a time: the mean is summed frame by frame in order, exactly as a mean over one
     stacked array would be, without stacking a shot's meshes."""

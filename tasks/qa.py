@@ -21,7 +21,7 @@ from catalogs.settings import Settings
 from models.sync_expert import SyncExpert
 from tasks.audio import Audio, pause_frames, speech_envelope, speech_frames  # noqa: F401 (re-exported)
 from tasks.facemesh import FaceMeshTracker
-from tasks.frame_store import BLOCK_ROWS, FrameStore
+from tasks.frame_store import FrameStore, per_block
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
 from tasks.landmarks import LIPS, mouth_opening
@@ -174,12 +174,10 @@ def item_metrics(settings: Settings, observer: OutputObserver, timestamps: np.nd
     """The QA metrics of one dub. ``sync``: the sync expert's (``sync_metrics``); ``intended``:
     (N, 478, 2) planned landmarks in the QA crop (for the renderer's obedience, ``mesh_error_px``).
     Landmarks are read a block of frames at a time: they may be on disk (``FrameStore``)."""
-    n = len(observer.marks)
-    opening = np.concatenate([mouth_opening(observer.marks[a:a + BLOCK_ROWS]) for a in range(0, n, BLOCK_ROWS)]
-                             or [np.zeros(0, np.float32)])
+    opening = per_block(mouth_opening, observer.marks)
     fps = 1.0 / float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 25.0
-    lips = np.concatenate([np.linalg.norm(observer.marks[a:a + BLOCK_ROWS][:, LIPS] - intended[a:a + BLOCK_ROWS][:, LIPS],
-                                          axis=-1).mean(-1) for a in range(0, n, BLOCK_ROWS)] or [np.zeros(0)])
+    lips = per_block(lambda got, planned: np.linalg.norm(got[:, LIPS] - planned[:, LIPS], axis=-1).mean(-1),
+                     observer.marks, intended)
     speech = speech_frames(dubbed_audio, timestamps)
     metrics = {
         "face_coverage": rendered / max(frames, 1),

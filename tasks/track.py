@@ -23,7 +23,7 @@ from catalogs.storage import Storage
 from tasks.audio import load_audio, loudness_lufs, speech_envelope
 from tasks.decode import FramePool, VideoSource
 from tasks.facemesh import FaceMeshTracker
-from tasks.frame_store import BLOCK_ROWS, FrameStore, use_directory
+from tasks.frame_store import BLOCK_ROWS, FrameStore, per_block, use_directory
 from tasks.geometry import Similarity, crop_matrix, euler_degrees, fit_pose, template_of, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
 from tasks.smoothing import one_euro_zero_phase
@@ -107,8 +107,7 @@ class TrackResult:
 
     def mouth_openings(self, block: int = BLOCK_ROWS) -> np.ndarray:
         """(T,) mouth opening of the smoothed landmarks, read a block of frames at a time."""
-        return np.concatenate([mouth_opening(self.smoothed[a:a + block]) for a in range(0, self.n_frames, block)]
-                              or [np.zeros(0)])
+        return per_block(mouth_opening, self.smoothed, block=block)
 
     def pose(self, i: int) -> Similarity:
         return Similarity(float(self.scale[i]), self.rotation[i], self.translation[i])

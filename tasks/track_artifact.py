@@ -93,7 +93,7 @@ def _columns(batches, n: int, meta: dict) -> TrackResult:
             else:
                 scalars.setdefault(name, []).append(column.to_numpy(zero_copy_only=False))
         at += k
-    col = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in scalars.items()}
+    col = {name: np.concatenate(parts) for name, parts in scalars.items()}
     return TrackResult(
         video_uri=meta["video_uri"], fps=meta["fps"], timestamps=col["timestamp"], width=meta["width"], height=meta["height"],
         speaker_track=meta["speaker_track"], tracks=[TrackSummary(**t) for t in meta["tracks"]],
