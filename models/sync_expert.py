@@ -140,9 +140,62 @@ def offset_distances(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tens
     return offsets, out
 
 
+def shape_measures(points: torch.Tensor, pairs: torch.Tensor, left_eye: torch.Tensor,
+                   right_eye: torch.Tensor) -> torch.Tensor:
+    """(..., V, >=2) landmarks -> (..., P) distances between the landmark ``pairs`` (P, 2) over the
+    eye distance (eye centres: the means of ``left_eye`` and ``right_eye``): the mouth measures the
+    expert reads, differentiable (``tasks.sync.mouth_features`` is the same for tracked landmarks)."""
+    p = points[..., :2]
+    scale = (p[..., right_eye, :].mean(-2) - p[..., left_eye, :].mean(-2)).norm(dim=-1).clamp_min(1e-6)
+    return (p[..., pairs[:, 0], :] - p[..., pairs[:, 1], :]).norm(dim=-1) / scale[..., None]
+
+
+class ExpertSyncLoss(nn.Module):
+    """A frozen sync expert as a training loss (Wav2Lip's recipe): the mouth drawn by a model is
+    embedded by the expert and contrasted with the audio of every frame of its window, so motion
+    that is in sync with its own sound, and only there, scores well. The audio side is the expert's
+    embedding of the real track, computed once per clip (``ExpertSyncLoss.audio_embedding``)."""
+
+    def __init__(self, expert: SyncExpert, pairs: torch.Tensor, left_eye: torch.Tensor, right_eye: torch.Tensor,
+                 feature_scale: float) -> None:
+        super().__init__()
+        self.expert = expert.eval().requires_grad_(False)
+        self.register_buffer("pairs", torch.as_tensor(pairs, dtype=torch.long))
+        self.register_buffer("left_eye", torch.as_tensor(left_eye, dtype=torch.long))
+        self.register_buffer("right_eye", torch.as_tensor(right_eye, dtype=torch.long))
+        self.feature_scale = feature_scale
+
+    def train(self, mode: bool = True) -> "ExpertSyncLoss":
+        super().train(mode)
+        self.expert.eval()           # frozen: never its dropout
+        return self
+
+    @torch.no_grad()
+    def audio_embedding(self, windows: torch.Tensor) -> torch.Tensor:
+        """(T, audio_frames, audio_dim) audio windows centred on each frame -> (T, embed_dim)."""
+        return self.expert.audio(windows)
+
+    def forward(self, meshes: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """meshes: (B, T, V, 3) drawn meshes (any frontal frame); audio: (B, T, D) the expert's audio
+        embedding of each frame; mask: (B, T) 1 where a frame is real. The window's median shape is
+        taken out, as the expert's inputs are (how the mouth moves, not whose mouth it is)."""
+        w = self.expert.config.window
+        if meshes.shape[1] < w + 1:
+            return meshes.sum() * 0
+        rel = shape_measures(meshes, self.pairs, self.left_eye, self.right_eye)          # (B, T, P)
+        real = mask > 0
+        centre = torch.nanmedian(torch.where(real[..., None], rel, torch.nan), dim=1).values
+        feats = (rel - torch.nan_to_num(centre)[:, None]) * self.feature_scale
+        windows = feats.unfold(1, w, 1).transpose(2, 3)                                   # (B, T-w+1, w, P)
+        b, n = windows.shape[:2]
+        mouth = self.expert.mouth(windows.reshape(b * n, w, -1)).reshape(b, n, -1)
+        valid = real.unfold(1, w, 1).all(-1)
+        return contrastive_loss(mouth, audio[:, w // 2:w // 2 + n], valid, self.expert.config.temperature)
+
+
 def config_dict(model: SyncExpert) -> dict:
     return {"kind": "sync-expert", **model.config.to_dict()}
 
 
-__all__ = ["AudioEncoder", "MouthEncoder", "SyncExpert", "SyncExpertConfig", "config_dict", "contrastive_loss",
-           "offset_distances"]
+__all__ = ["AudioEncoder", "ExpertSyncLoss", "MouthEncoder", "SyncExpert", "SyncExpertConfig", "config_dict",
+           "contrastive_loss", "offset_distances", "shape_measures"]

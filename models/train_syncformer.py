@@ -33,6 +33,13 @@ class Sequence:
     disp: torch.Tensor    # (T, V, 3)
     template: torch.Tensor | None = None  # (T, V, 3) the shot template of every frame: disp + template = mesh
     held_out: bool = False  # a held-out speaker's: validation only (then no clip is cut in time)
+    sync_audio: torch.Tensor | None = None  # (T, D) the sync expert's embedding of each frame's audio (its loss)
+
+    def part(self, start: int, stop: int) -> "Sequence":
+        """Frames ``start:stop`` of every per-frame field."""
+        cut = lambda x: None if x is None else x[start:stop]   # noqa: E731
+        return Sequence(self.audio[start:stop], self.disp[start:stop], cut(self.template), self.held_out,
+                        cut(self.sync_audio))
 
 
 @dataclass
@@ -59,6 +66,9 @@ class SyncFormerTraining:
     # Weight of the mouth-opening concordance loss (``opening_loss``; needs ``mouth``), against the
     # L2 losses' regression to the mean. 0: L2 losses only.
     opening_weight: float = 0.0
+    # Weight of the frozen sync expert's loss (``models.sync_expert.ExpertSyncLoss``; needs the
+    # sequences' ``sync_audio`` and templates). 0: off.
+    sync_weight: float = 0.0
     log: list[dict] = field(default_factory=list)
 
 
@@ -70,10 +80,9 @@ def split(seqs: list[Sequence], val_fraction: float) -> tuple[list[Sequence], li
     train, val = [], []
     for s in seqs:
         cut = int(round(len(s.audio) * (1 - val_fraction)))
-        tmpl = s.template
-        train.append(Sequence(s.audio[:cut], s.disp[:cut], None if tmpl is None else tmpl[:cut]))
+        train.append(s.part(0, cut))
         if len(s.audio) - cut >= 8:
-            val.append(Sequence(s.audio[cut:], s.disp[cut:], None if tmpl is None else tmpl[cut:]))
+            val.append(s.part(cut, len(s.audio)))
     return train, val
 
 
@@ -82,21 +91,39 @@ def normalization(seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
     return d.mean(0), d.std(0)
 
 
-def _window(seq: Sequence, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _window(seq: Sequence, length: int, gen: torch.Generator) -> Sequence:
     if len(seq.audio) <= length:
-        return seq.audio, seq.disp
+        return seq
     start = int(torch.randint(0, len(seq.audio) - length + 1, (1,), generator=gen))
-    return seq.audio[start:start + length], seq.disp[start:start + length]
+    return seq.part(start, start + length)
 
 
-def _batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    t = max(len(a) for a, _ in items)
-    audio = torch.zeros(len(items), t, items[0][0].shape[-1])
-    disp = torch.zeros(len(items), t, *items[0][1].shape[1:])
+@dataclass
+class _Batch:
+    audio: torch.Tensor                 # (B, T, token_dim)
+    disp: torch.Tensor                  # (B, T, V, 3)
+    mask: torch.Tensor                  # (B, T) 1 where a frame is real
+    template: torch.Tensor | None       # (B, T, V, 3) when every window has one
+    sync_audio: torch.Tensor | None     # (B, T, D) when every window has one
+
+
+def _padded(parts: list[torch.Tensor], t: int) -> torch.Tensor:
+    out = torch.zeros(len(parts), t, *parts[0].shape[1:])
+    for i, x in enumerate(parts):
+        out[i, :len(x)] = x
+    return out
+
+
+def _batch(items: list[Sequence]) -> _Batch:
+    t = max(len(s.audio) for s in items)
     mask = torch.zeros(len(items), t)
-    for i, (a, d) in enumerate(items):
-        audio[i, :len(a)], disp[i, :len(d)], mask[i, :len(a)] = a, d, 1
-    return audio, disp, mask
+    for i, s in enumerate(items):
+        mask[i, :len(s.audio)] = 1
+    def field_of(name: str) -> torch.Tensor | None:   # noqa: E306
+        parts = [getattr(s, name) for s in items]
+        return None if any(x is None for x in parts) else _padded(parts, t)
+    return _Batch(_padded([s.audio for s in items], t), _padded([s.disp for s in items], t), mask,
+                  field_of("template"), field_of("sync_audio"))
 
 
 def mouth_gap(mesh: torch.Tensor, mouth: tuple[int, int]) -> torch.Tensor:
@@ -149,12 +176,14 @@ def evaluate(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.Tensor, s
 
 
 def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.Tensor, cfg: SyncFormerTraining,
-                     set_normalization: bool = True, mouth: tuple[int, int] | None = None) -> dict:
+                     set_normalization: bool = True, mouth: tuple[int, int] | None = None,
+                     sync_loss: torch.nn.Module | None = None) -> dict:
     """Train in place; keeps the best held-out weights. Returns a summary with the metric history.
 
     With ``mouth`` (the upper and lower inner-lip vertices) and sequences that carry templates, the
     best weights are those with the highest held-out mouth-opening concordance correlation;
-    otherwise those with the lowest vertex error."""
+    otherwise those with the lowest vertex error. With ``sync_loss`` (an ``ExpertSyncLoss``) and
+    ``cfg.sync_weight`` > 0, the frozen expert judges every predicted window against its audio."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     train, val = split(seqs, cfg.val_fraction)
@@ -178,9 +207,10 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
     model.train()
     for step in range(1, cfg.steps + 1):
         picks = torch.randint(0, len(train), (cfg.batch,), generator=gen).tolist()
-        audio, disp, mask = _batch([_window(train[i], cfg.window, gen) for i in picks])
+        batch = _batch([_window(train[i], cfg.window, gen) for i in picks])
+        audio, disp, mask = batch.audio, batch.disp, batch.mask
         # the style comes from another window of the same clip: the model must read style, not copy
-        refs = torch.stack([_window(train[i], model.cfg.style_window, gen)[1][:model.cfg.style_window] for i in picks]) \
+        refs = torch.stack([_window(train[i], model.cfg.style_window, gen).disp[:model.cfg.style_window] for i in picks]) \
             if all(len(train[i].disp) >= model.cfg.style_window for i in picks) else disp
         if cfg.style_scale is not None:
             lo, hi = math.log(cfg.style_scale[0]), math.log(cfg.style_scale[1])
@@ -191,6 +221,8 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         loss = vertex_loss(pred, disp, lips, model.cfg.lip_weight, mask) + model.cfg.velocity_weight * velocity_loss(pred, disp, mask)
         if cfg.opening_weight > 0 and mouth is not None:
             loss = loss + cfg.opening_weight * opening_loss(pred, disp, mouth, mask)
+        if cfg.sync_weight > 0 and sync_loss is not None and batch.template is not None and batch.sync_audio is not None:
+            loss = loss + cfg.sync_weight * sync_loss(batch.template.to(dev) + pred, batch.sync_audio.to(dev), mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -214,7 +246,8 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
             break
     stopper.restore()
     model.eval()
-    return {"steps": step, "seconds": time.monotonic() - start, "selected_by": "opening_ccc" if by_opening else "vertex",
+    recipe = {"sync_weight": cfg.sync_weight} if cfg.sync_weight > 0 and sync_loss is not None else {}
+    return {**recipe, "steps": step, "seconds": time.monotonic() - start, "selected_by": "opening_ccc" if by_opening else "vertex",
             "val_vertex_start": first.vertex, "val_vertex_best": best_eval.vertex,
             "val_opening_corr_start": first.opening_corr, "val_opening_corr_best": best_eval.opening_corr,
             "val_opening_ccc_start": first.opening_ccc, "val_opening_ccc_best": best_eval.opening_ccc,

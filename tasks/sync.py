@@ -22,9 +22,9 @@ import torch
 
 from models.audio_features import AudioFeatures, LogMelFeatures, make_features, stack_context
 from models.checkpoint import load_checkpoint
-from models.sync_expert import SyncExpert, SyncExpertConfig, offset_distances
+from models.sync_expert import ExpertSyncLoss, SyncExpert, SyncExpertConfig, offset_distances
 from tasks.frame_store import BLOCK_ROWS, FrameStore
-from tasks.landmarks import CHIN, eye_centers
+from tasks.landmarks import CHIN, LEFT_EYE, RIGHT_EYE, eye_centers
 
 # Mouth shape measures, each a distance between two landmarks: inner and outer lip gaps, inner and
 # outer mouth widths, nose to upper lip, nose to lower lip, nose to chin, and the lip thicknesses.
@@ -112,6 +112,28 @@ def load_sync_expert(folder: str | Path | None = None) -> tuple[SyncExpert, str]
     model = SyncExpert(SyncExpertConfig.from_dict(doc["config"]))
     model.load_state_dict(tensors)
     return model.eval(), version
+
+
+def expert_sync_loss(folder: str | Path | None = None) -> ExpertSyncLoss:
+    """The expert in ``folder`` (default: the bundled one), frozen, as a training loss on drawn meshes."""
+    expert, _ = load_sync_expert(folder)
+    return ExpertSyncLoss(expert, torch.from_numpy(SHAPE_PAIRS), torch.from_numpy(LEFT_EYE), torch.from_numpy(RIGHT_EYE),
+                          MOUTH_SCALE)
+
+
+def audio_embedding(loss: ExpertSyncLoss, samples: np.ndarray, timestamps: np.ndarray,
+                    track: np.ndarray | None = None) -> np.ndarray:
+    """(T, D) the expert's embedding of the audio around every frame time (16 kHz ``samples``);
+    ``track``: the expert's features of ``samples`` when already computed (they are the same
+    Whisper frames as the Style-SyncFormer's when both read Whisper one block short)."""
+    c, features = loss.expert.config, expert_audio_features(loss.expert.config)
+    feats = audio_track(samples, features) if track is None else track - track.mean(0, keepdims=True)
+    out = []
+    for lo in range(0, len(timestamps), EMBED_CHUNK):
+        windows = stack_context(feats, timestamps[lo:lo + EMBED_CHUNK], features.rate_hz, c.audio_frames // 2,
+                                features.offset_s)
+        out.append(loss.audio_embedding(torch.from_numpy(windows)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, c.embed_dim), np.float32)
 
 
 @torch.no_grad()

@@ -27,11 +27,13 @@ from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.config import get_config, replace
 from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ModelCard, ReSyncer
+from models.sync_expert import ExpertSyncLoss
 from models.train_generator import GeneratorData, GeneratorTraining, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
 from tasks.audio import load_audio
 from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
 from tasks.dub_plan import fit_audio_length, renderable, video_duration
+from tasks.sync import audio_embedding, expert_audio_features, expert_sync_loss
 from tasks.track import TrackResult, track_cached
 from tasks.training_data import ClipData, load_clip
 
@@ -46,6 +48,7 @@ class PreparedClip:
     n_frames: int            # frames in the whole video (for time-based splits)
     speaker: str | None = None  # who speaks (validation holds out whole speakers)
     held_out: bool = False   # a held-out speaker's clip: validation only
+    sync_audio: np.ndarray | None = None  # (N, D) the sync expert's embedding of the audio at those frames
 
 
 def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
@@ -55,16 +58,20 @@ def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
 
 def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, features: AudioFeatures,
                  cache: FeatureCache | None = None, track: TrackResult | None = None,
-                 audio_offsets: tuple[int, ...] = (0,)) -> PreparedClip:
+                 audio_offsets: tuple[int, ...] = (0,), sync_loss: ExpertSyncLoss | None = None) -> PreparedClip:
     """Crops of size ``size`` and audio tokens reading the feature frames ``audio_offsets`` (the
-    model config's) around every usable frame."""
+    model config's) around every usable frame; with ``sync_loss``, also its expert's audio embedding."""
     track = track or track_for(storage, settings, uri)
     clip = load_clip(storage, uri, track, size, settings.crop_size, usable=renderable(track), chunk=settings.decode_chunk)
     audio = load_audio(storage, uri, required=False)
     samples = fit_audio_length(audio.samples if audio is not None else np.zeros(0, np.float32), video_duration(track))
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
     tokens = frame_tokens(feats, clip.timestamps, features.rate_hz, features.offset_s, audio_offsets)
-    return PreparedClip(uri, clip, tokens, track.n_frames)
+    sync_audio = None
+    if sync_loss is not None:
+        same = features.name == expert_audio_features(sync_loss.expert.config).name
+        sync_audio = audio_embedding(sync_loss, samples, clip.timestamps, feats if same else None)
+    return PreparedClip(uri, clip, tokens, track.n_frames, sync_audio=sync_audio)
 
 
 def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]:
@@ -76,7 +83,8 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
             if len(run) >= min_length:
                 disp = np.nan_to_num(c.clip.disp[run])
                 out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(disp),
-                                    torch.from_numpy(c.clip.canonical[run] - disp), held_out=c.held_out))
+                                    torch.from_numpy(c.clip.canonical[run] - disp), held_out=c.held_out,
+                                    sync_audio=None if c.sync_audio is None else torch.from_numpy(c.sync_audio[run])))
     return out
 
 
@@ -168,16 +176,22 @@ def perceptual_loss(settings: Settings) -> torch.nn.Module | None:
     return VGGPerceptual(settings.perceptual_weights)
 
 
+def sync_loss_for(plan: TrainingPlan) -> ExpertSyncLoss | None:
+    """The bundled sync expert as a loss when the plan's Style-SyncFormer recipe weighs it."""
+    return expert_sync_loss() if plan.syncformer.sync_weight > 0 else None
+
+
 def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_normalization: bool,
-        say: Callable[[str], None] = log.info, perceptual: torch.nn.Module | None = None) -> dict:
-    """Train both learned parts on prepared clips; returns their summaries."""
+        say: Callable[[str], None] = log.info, perceptual: torch.nn.Module | None = None,
+        sync_loss: ExpertSyncLoss | None = None) -> dict:
+    """Train both learned parts on prepared clips (with ``sync_loss``: prepared with it); returns their summaries."""
     torch.manual_seed(plan.seed)
     seqs = sequences(clips)
     if not seqs:
         raise ValueError("no clip has a run of usable face frames long enough to train on")
     say(f"Style-SyncFormer: {len(seqs)} sequences, {sum(len(s.audio) for s in seqs)} frames")
     sync = train_syncformer(model.syncformer, seqs, _lips(), plan.syncformer, set_normalization=set_normalization,
-                            mouth=MOUTH)
+                            mouth=MOUTH, sync_loss=sync_loss)
     say(f"Style-SyncFormer: {sync['steps']} steps in {sync['seconds']:.0f} s, held-out mouth-opening correlation "
         f"{sync['val_opening_corr_start']:.3f} -> {sync['val_opening_corr_best']:.3f} (concordance "
         f"{sync['val_opening_ccc_start']:.3f} -> {sync['val_opening_ccc_best']:.3f}), vertex error "
@@ -254,11 +268,11 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         model.train()
     else:
         model = ReSyncer.new(plan.config, card)
-    clips = []
+    clips, sync_loss = [], sync_loss_for(plan)
     for k, u in enumerate(uris):
         try:
             clip = prepare_clip(storage, settings, u, model.size, features, cache,
-                                audio_offsets=model.config.syncformer.audio_offsets)
+                                audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss)
         except ResyncError as e:  # one unusable video does not stop a base: it is left out, and said so
             say(f"left out {u}: {e} [{e.error_class}]")
             continue
@@ -271,7 +285,7 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
     say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s; validation: "
         + (f"{len(held)} held-out speakers ({', '.join(held)})" if held else f"the last {plan.generator.val_fraction:.0%} of every clip"))
     summary = fit(model, clips, plan, set_normalization=resume is None or fresh_syncformer, say=say,
-                  perceptual=perceptual_loss(settings))
+                  perceptual=perceptual_loss(settings), sync_loss=sync_loss)
     if held:
         summary["holdout"] = {"speakers": held, "clips": [Path(c.uri).name for c in clips if c.held_out]}
     return _save(model, summary, plan, start, out_dir)
@@ -293,9 +307,11 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
     else:
         model = ReSyncer.new(plan.config, card)
     model.train()
+    sync_loss = sync_loss_for(plan)
     clips = [prepare_clip(storage, settings, u, model.size, features, cache,
-                          audio_offsets=model.config.syncformer.audio_offsets) for u in uris]
-    summary = fit(model, clips, plan, set_normalization=base is None, say=say, perceptual=perceptual_loss(settings))
+                          audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss) for u in uris]
+    summary = fit(model, clips, plan, set_normalization=base is None, say=say, perceptual=perceptual_loss(settings),
+                  sync_loss=sync_loss)
     return _save(model, summary, plan, start, out_dir)
 
 

@@ -202,3 +202,45 @@ def test_sync_expert_embeds_unit_vectors_and_learns_which_offset_is_in_sync(one_
         early = audio_in.roll(-3, 0)   # frame t plays the sound of t + 3: the mouth comes 3 frames after the sound
         offsets, dist = offset_distances(expert.mouth(mouth_in), expert.audio(early), torch.ones(400, dtype=torch.bool), 8)
     assert int(offsets[torch.argmin(dist)]) == 3
+
+
+def test_expert_sync_loss_reads_the_experts_measures_and_steers_syncformer_training(one_thread):
+    """The frozen expert as a Style-SyncFormer loss: its mouth measures are the distances QA's expert
+    reads (over the eye distance), only the drawn mouth gets gradients, and the term changes what
+    training learns."""
+    import numpy as np
+
+    from models.sync_expert import ExpertSyncLoss, SyncExpert, SyncExpertConfig, shape_measures
+    from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
+
+    torch.manual_seed(0)
+    pairs, left, right = torch.tensor([[13, 14], [61, 291]]), torch.tensor([33, 133]), torch.tensor([362, 263])
+    points = torch.randn(2, 6, 478, 3)
+    p = points.numpy()[..., :2]
+    eye = np.linalg.norm(p[..., [362, 263], :].mean(-2) - p[..., [33, 133], :].mean(-2), axis=-1)
+    want = np.linalg.norm(p[..., [13, 61], :] - p[..., [14, 291], :], axis=-1) / eye[..., None]
+    assert np.allclose(shape_measures(points, pairs, left, right).numpy(), want, rtol=1e-5)
+
+    c = SyncExpertConfig(mouth_dim=2, audio_dim=4, audio_frames=5, hidden=8, embed_dim=8, audio_project=0)
+    expert = SyncExpert(c)
+    loss = ExpertSyncLoss(expert, pairs, left, right, 10.0).train()
+    assert not loss.expert.training and not any(q.requires_grad for q in loss.expert.parameters())
+    meshes = torch.randn(3, 20, 478, 3, requires_grad=True)
+    audio = loss.audio_embedding(torch.randn(3 * 20, 5, 4)).reshape(3, 20, -1)
+    value = loss(meshes, audio, torch.ones(3, 20))
+    value.backward()
+    assert torch.isfinite(value)
+    moved = set(torch.nonzero(meshes.grad.abs().sum((0, 1, 3))).flatten().tolist())
+    assert moved <= {13, 14, 61, 291, 33, 133, 362, 263} and {13, 14} <= moved
+
+    cfg = StyleSyncFormer(CPU.syncformer).cfg
+    seqs = [Sequence(torch.randn(40, cfg.audio_dim * len(cfg.audio_offsets)), 0.01 * torch.randn(40, 478, 3),
+                     torch.randn(40, 478, 3), sync_audio=loss.audio_embedding(torch.randn(40, 5, 4))) for _ in range(3)]
+    trained = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(1)
+        model = StyleSyncFormer(CPU.syncformer)
+        train_syncformer(model, seqs, torch.arange(10), SyncFormerTraining(steps=3, batch=2, window=16, eval_every=3,
+                                                                           sync_weight=weight), sync_loss=loss)
+        trained[weight] = model.head.weight.detach().clone()
+    assert not torch.equal(trained[0.0], trained[1.0])
