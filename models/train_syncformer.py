@@ -154,14 +154,21 @@ class Evaluation:
 
 def evaluate(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.Tensor, style_ref: torch.Tensor | None = None,
              mouth: tuple[int, int] | None = None) -> Evaluation:
-    """Lip-weighted vertex error and mouth-opening correlation over whole held-out sequences."""
+    """Lip-weighted vertex error and mouth-opening correlation over held-out sequences (without
+    ``style_ref``, a long sequence lends its first ``style_window`` frames the style and is scored on the rest)."""
     model.eval()
     total, n, corr_sum, ccc_sum, corr_n = 0.0, 0, 0.0, 0.0, 0
     dev = next(model.parameters()).device
+    w = model.cfg.style_window
     with torch.no_grad():
         for s in seqs:
-            ref = (style_ref if style_ref is not None else s.disp)[None].to(dev)
-            pred = model(s.audio[None].to(dev), model.style(ref[:, :model.cfg.style_window]))
+            if style_ref is None and len(s.audio) >= 2 * w:
+                # the style from the sequence's first frames, scored on the others: a style code
+                # read from the very frames it is scored on tells it their amplitude
+                ref, s = s.disp[None, :w].to(dev), s.part(w, len(s.audio))
+            else:
+                ref = (style_ref if style_ref is not None else s.disp)[None, :w].to(dev)
+            pred = model(s.audio[None].to(dev), model.style(ref))
             total += float(vertex_loss(pred, s.disp[None].to(dev), lips.to(dev), model.cfg.lip_weight)) * len(s.audio)
             n += len(s.audio)
             if mouth is not None and s.template is not None:
