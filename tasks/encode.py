@@ -35,8 +35,7 @@ def video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
 
 def encode_h264(path: str, frames: Iterable[np.ndarray], fps: float, timestamps: np.ndarray | None = None,
                 crf: int = 20, preset: str = "veryfast") -> int:
-    """Encode RGB frames to a local MP4 file at their own size; returns the frame count. The same
-    frames give the same bytes, however busy the machine.
+    """Encode RGB frames to a local MP4 file at their own size; returns the frame count.
 
     With ``timestamps`` (seconds, one per frame) every frame keeps its own presentation time, so a
     variable-frame-rate source stays variable; without, frames are spaced 1/fps apart.
@@ -54,12 +53,6 @@ def encode_h264(path: str, frames: Iterable[np.ndarray], fps: float, timestamps:
                 stream.time_base = tb
                 stream.codec_context.time_base = tb
                 stream.options = {"crf": str(crf), "preset": preset}
-                # one x264 thread: with its slice threads (PyAV's default) or its frame threads the
-                # end of the stream came out different from run to run under CPU load (2 to 5
-                # distinct files in 5-6 encodes of the same 151 frames), so a re-run of a dub or a
-                # benchmark was not reproducible. The encoder has its own thread in the dub and the other stages keep
-                # the cores busy, so x264's own threads bought little.
-                stream.codec_context.thread_count = 1
             vf = video_frame(frame, stream.pix_fmt)
             ts = float(timestamps[n]) if timestamps is not None else n / fps
             pts = max(int(round(ts / tb)), last_pts + 1)
