@@ -140,13 +140,20 @@ def offset_distances(mouth: torch.Tensor, audio: torch.Tensor, valid: torch.Tens
     return offsets, out
 
 
+def eye_distance(points: torch.Tensor, left_eye: torch.Tensor, right_eye: torch.Tensor) -> torch.Tensor:
+    """(..., V, >=2) landmarks -> (...) distance between the eye centres (means of ``left_eye`` and
+    ``right_eye``) in the image plane: the scale the mouth measures are taken in."""
+    p = points[..., :2]
+    return (p[..., right_eye, :].mean(-2) - p[..., left_eye, :].mean(-2)).norm(dim=-1)
+
+
 def shape_measures(points: torch.Tensor, pairs: torch.Tensor, left_eye: torch.Tensor,
                    right_eye: torch.Tensor) -> torch.Tensor:
     """(..., V, >=2) landmarks -> (..., P) distances between the landmark ``pairs`` (P, 2) over the
-    eye distance (eye centres: the means of ``left_eye`` and ``right_eye``): the mouth measures the
-    expert reads, differentiable (``tasks.sync.mouth_features`` is the same for tracked landmarks)."""
+    eye distance: the mouth measures the expert reads (``tasks.sync.mouth_features`` takes them from
+    tracked landmarks), differentiable, so a model's drawn mouth can be judged too."""
     p = points[..., :2]
-    scale = (p[..., right_eye, :].mean(-2) - p[..., left_eye, :].mean(-2)).norm(dim=-1).clamp_min(1e-6)
+    scale = eye_distance(p, left_eye, right_eye).clamp_min(1e-6)
     return (p[..., pairs[:, 0], :] - p[..., pairs[:, 1], :]).norm(dim=-1) / scale[..., None]
 
 
@@ -154,7 +161,7 @@ class ExpertSyncLoss(nn.Module):
     """A frozen sync expert as a training loss (Wav2Lip's recipe): the mouth drawn by a model is
     embedded by the expert and contrasted with the audio of every frame of its window, so motion
     that is in sync with its own sound, and only there, scores well. The audio side is the expert's
-    embedding of the real track, computed once per clip (``ExpertSyncLoss.audio_embedding``)."""
+    embedding of the real track, computed once per clip (``tasks.sync.audio_embedding``)."""
 
     def __init__(self, expert: SyncExpert, pairs: torch.Tensor, left_eye: torch.Tensor, right_eye: torch.Tensor,
                  feature_scale: float) -> None:
@@ -169,11 +176,6 @@ class ExpertSyncLoss(nn.Module):
         super().train(mode)
         self.expert.eval()           # frozen: never its dropout
         return self
-
-    @torch.no_grad()
-    def audio_embedding(self, windows: torch.Tensor) -> torch.Tensor:
-        """(T, audio_frames, audio_dim) audio windows centred on each frame -> (T, embed_dim)."""
-        return self.expert.audio(windows)
 
     def forward(self, meshes: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """meshes: (B, T, V, 3) drawn meshes (any frontal frame); audio: (B, T, D) the expert's audio
@@ -198,4 +200,4 @@ def config_dict(model: SyncExpert) -> dict:
 
 
 __all__ = ["AudioEncoder", "ExpertSyncLoss", "MouthEncoder", "SyncExpert", "SyncExpertConfig", "config_dict",
-           "contrastive_loss", "offset_distances", "shape_measures"]
+           "contrastive_loss", "eye_distance", "offset_distances", "shape_measures"]

@@ -22,15 +22,17 @@ import torch
 
 from models.audio_features import AudioFeatures, LogMelFeatures, make_features, stack_context
 from models.checkpoint import load_checkpoint
-from models.sync_expert import ExpertSyncLoss, SyncExpert, SyncExpertConfig, offset_distances
+from models.sync_expert import (ExpertSyncLoss, SyncExpert, SyncExpertConfig, eye_distance, offset_distances,
+                                shape_measures)
 from tasks.frame_store import BLOCK_ROWS, FrameStore
-from tasks.landmarks import CHIN, LEFT_EYE, RIGHT_EYE, eye_centers
+from tasks.landmarks import CHIN, LEFT_EYE, RIGHT_EYE
 
 # Mouth shape measures, each a distance between two landmarks: inner and outer lip gaps, inner and
 # outer mouth widths, nose to upper lip, nose to lower lip, nose to chin, and the lip thicknesses.
 SHAPE_PAIRS = np.array([(13, 14), (0, 17), (78, 308), (61, 291), (1, 0), (1, 17), (1, CHIN), (0, 13), (14, 17)],
                        dtype=np.int64)
 MOUTH_SCALE = 10.0             # in eye distances x 10: values of order one
+_PAIRS, _LEFT_EYE, _RIGHT_EYE = (torch.from_numpy(x) for x in (SHAPE_PAIRS, LEFT_EYE, RIGHT_EYE))
 EMBED_CHUNK = 2048             # frames embedded at a time
 BUNDLED_EXPERT = Path(__file__).resolve().parent.parent / "models" / "weights" / "sync-expert"
 
@@ -44,12 +46,11 @@ def mouth_features(points: np.ndarray | FrameStore) -> tuple[np.ndarray, np.ndar
     rel = np.full((len(points), len(SHAPE_PAIRS)), np.nan)
     ok = np.zeros(len(points), bool)
     for a in range(0, len(points), BLOCK_ROWS):
-        p = np.asarray(points[a:a + BLOCK_ROWS], np.float64)[..., :2]
-        le, re = eye_centers(p)
-        scale = np.linalg.norm(re - le, axis=-1)
-        d = np.linalg.norm(p[:, SHAPE_PAIRS[:, 0]] - p[:, SHAPE_PAIRS[:, 1]], axis=-1)
+        p = torch.from_numpy(np.asarray(points[a:a + BLOCK_ROWS], np.float64)[..., :2])
+        scale = eye_distance(p, _LEFT_EYE, _RIGHT_EYE).numpy()
+        d = shape_measures(p, _PAIRS, _LEFT_EYE, _RIGHT_EYE).numpy()
         good = np.isfinite(d).all(1) & np.isfinite(scale) & (scale > 1e-6)
-        rel[a:a + len(p)][good] = d[good] / scale[good, None]
+        rel[a:a + len(p)][good] = d[good]
         ok[a:a + len(p)] = good
     feats = np.zeros((len(points), len(SHAPE_PAIRS)), np.float32)
     if ok.any():
@@ -117,40 +118,32 @@ def load_sync_expert(folder: str | Path | None = None) -> tuple[SyncExpert, str]
 def expert_sync_loss(folder: str | Path | None = None) -> ExpertSyncLoss:
     """The expert in ``folder`` (default: the bundled one), frozen, as a training loss on drawn meshes."""
     expert, _ = load_sync_expert(folder)
-    return ExpertSyncLoss(expert, torch.from_numpy(SHAPE_PAIRS), torch.from_numpy(LEFT_EYE), torch.from_numpy(RIGHT_EYE),
-                          MOUTH_SCALE)
+    return ExpertSyncLoss(expert, _PAIRS, _LEFT_EYE, _RIGHT_EYE, MOUTH_SCALE)
 
 
-def audio_embedding(loss: ExpertSyncLoss, samples: np.ndarray, timestamps: np.ndarray,
-                    track: np.ndarray | None = None) -> np.ndarray:
-    """(T, D) the expert's embedding of the audio around every frame time (16 kHz ``samples``);
-    ``track``: the expert's features of ``samples`` when already computed (they are the same
-    Whisper frames as the Style-SyncFormer's when both read Whisper one block short)."""
-    c, features = loss.expert.config, expert_audio_features(loss.expert.config)
+@torch.no_grad()
+def audio_embedding(expert: SyncExpert, samples: np.ndarray, timestamps: np.ndarray,
+                    track: np.ndarray | None = None) -> torch.Tensor:
+    """(T, D) the expert's embedding of the audio around every frame time (16 kHz ``samples``), a
+    chunk of frames at a time (memory does not grow with length). ``track``: the expert's features
+    of ``samples`` when already computed (the Style-SyncFormer's Whisper frames are the same)."""
+    features = expert_audio_features(expert.config)
     feats = audio_track(samples, features) if track is None else track - track.mean(0, keepdims=True)
-    out = []
-    for lo in range(0, len(timestamps), EMBED_CHUNK):
-        windows = stack_context(feats, timestamps[lo:lo + EMBED_CHUNK], features.rate_hz, c.audio_frames // 2,
-                                features.offset_s)
-        out.append(loss.audio_embedding(torch.from_numpy(windows)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, c.embed_dim), np.float32)
+    out = [expert.audio(torch.from_numpy(stack_context(feats, timestamps[lo:lo + EMBED_CHUNK], features.rate_hz,
+                                                       expert.config.audio_frames // 2, features.offset_s)))
+           for lo in range(0, len(timestamps), EMBED_CHUNK)]
+    return torch.cat(out) if out else torch.zeros(0, expert.config.embed_dim)
 
 
 @torch.no_grad()
 def embed(expert: SyncExpert, points: np.ndarray, timestamps: np.ndarray,
           samples: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mouth (T, D), audio (T, D), valid (T,)) embeddings of every frame's windows."""
-    c, features = expert.config, expert_audio_features(expert.config)
     feats, ok = mouth_features(points)
-    windows, valid = mouth_windows(feats, ok, c.window)
-    track = audio_track(samples, features)
-    mouth, audio = [], []
-    for lo in range(0, len(windows), EMBED_CHUNK):   # windows a chunk at a time: memory does not grow with length
-        part = slice(lo, lo + EMBED_CHUNK)
-        mouth.append(expert.mouth(torch.from_numpy(windows[part])))
-        audio.append(expert.audio(torch.from_numpy(stack_context(track, timestamps[part], features.rate_hz,
-                                                                 c.audio_frames // 2, features.offset_s))))
-    return torch.cat(mouth), torch.cat(audio), torch.from_numpy(valid)
+    windows, valid = mouth_windows(feats, ok, expert.config.window)
+    mouth = torch.cat([expert.mouth(torch.from_numpy(windows[lo:lo + EMBED_CHUNK]))
+                       for lo in range(0, len(windows), EMBED_CHUNK)])
+    return mouth, audio_embedding(expert, samples, timestamps), torch.from_numpy(valid)
 
 
 def judge_sync(expert: SyncExpert, points: np.ndarray, timestamps: np.ndarray, samples: np.ndarray,

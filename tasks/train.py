@@ -70,7 +70,7 @@ def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, feat
     sync_audio = None
     if sync_loss is not None:
         same = features.name == expert_audio_features(sync_loss.expert.config).name
-        sync_audio = audio_embedding(sync_loss, samples, clip.timestamps, feats if same else None)
+        sync_audio = audio_embedding(sync_loss.expert, samples, clip.timestamps, feats if same else None).numpy()
     return PreparedClip(uri, clip, tokens, track.n_frames, sync_audio=sync_audio)
 
 

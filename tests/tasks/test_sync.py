@@ -68,8 +68,9 @@ def test_the_expert_as_a_loss_prefers_each_tracked_mouth_with_its_own_audio(clip
         meshes = track.templates[track.shot_index] + np.nan_to_num(track.displacements[:])
         real = np.isfinite(np.asarray(track.displacements[:])).all((1, 2)).astype(np.float32)
         seconds = video_duration(track)
-        own = audio_embedding(loss, fit_audio_length(samples, seconds), track.timestamps)
-        late = audio_embedding(loss, fit_audio_length(shift_audio(samples, 10, track.fps), seconds), track.timestamps)
+        own = audio_embedding(loss.expert, fit_audio_length(samples, seconds), track.timestamps).numpy()
+        late = audio_embedding(loss.expert, fit_audio_length(shift_audio(samples, 10, track.fps), seconds),
+                               track.timestamps).numpy()
         starts = range(0, track.n_frames - window + 1, hop)
         def batch(x: np.ndarray) -> torch.Tensor:   # noqa: E306
             return torch.from_numpy(np.stack([x[a:a + window] for a in starts]).astype(np.float32))
