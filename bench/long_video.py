@@ -28,6 +28,9 @@ SHARED = REPO.parent / "shared" / "data"
 console = Console(width=140)
 
 # Runs the CLI in the child process and prints the child's own peak RSS (bytes) on the last line.
+# VmHWM, not getrusage's ru_maxrss: Linux carries the parent's high-water mark into a child
+# started by vfork (Python's subprocess) through its exec, so under a 4-GB pytest process
+# ru_maxrss reads 4 GB for a 2.5-GB dub. VmHWM belongs to the address space the exec made.
 MEASURE = """
 import resource, runpy, sys
 sys.argv = ["resync", *sys.argv[1:]]
@@ -36,7 +39,12 @@ try:
 except SystemExit as e:
     if e.code:
         raise
-print("PEAK_RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+except (OSError, StopIteration):     # not Linux: ru_maxrss (kilobytes on Linux, bytes on macOS)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+print("PEAK_RSS", peak)
 """
 
 

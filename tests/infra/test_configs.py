@@ -182,10 +182,16 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     inodes = set()
     for p in process_tree(pid):
         try:
-            links = [fd.readlink().name for fd in Path(f"/proc/{p}/fd").iterdir()]
-        except OSError:
+            fds = list(Path(f"/proc/{p}/fd").iterdir())
+        except OSError:      # the process exited
             continue
-        inodes |= {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+        for fd in fds:
+            try:             # a busy server opens and closes files while we read: skip only that fd
+                link = fd.readlink().name
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
     found = set()
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
