@@ -207,7 +207,7 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
         return (e.opening_ccc if e.opening_ccc == e.opening_ccc else -1.0) if by_opening else e.vertex
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
     start = time.monotonic()
     first = best_eval = evaluate(model, held, lips, mouth=mouth)
     stopper, step = EarlyStopping(model, score(first), cfg.patience, higher_is_better=by_opening), 0
