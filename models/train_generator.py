@@ -66,6 +66,9 @@ class GeneratorTraining:
     perceptual_weight: float = 1.0  # used only when a perceptual module (local VGG weights) is given
     log_every: int = 10           # training losses are logged every this many steps
     swap_share: float = 0.0       # share of samples trained as face swaps (whole face masked); needs face_masks
+    # Share of lip-sync samples whose mask also covers another frame's lower face (``widened_masks``),
+    # as a dub's does; then held-out frames are scored, and selected, under such masks too. 0: off.
+    jaw_share: float = 0.0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     seed: int = 0
     log: list[dict] = field(default_factory=list)
@@ -92,6 +95,17 @@ def references(data: GeneratorData, idx: torch.Tensor, gen: torch.Generator, poo
     return out
 
 
+def widened_masks(data: GeneratorData, masks: torch.Tensor, other: torch.Tensor,
+                  pick: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower-face masks joined with those of frames ``other`` (same clips) where
+    ``pick`` (all when None). A dub redraws the union of the tracked and the planned lower face: where
+    the planned jaw closes above an open one, the generator must paint what the open jaw covered (neck,
+    beard, collar). Trained only on each frame's own mask, it never had to, and painted a flat
+    blue-green band there."""
+    joined = torch.maximum(masks, data.masks[other].to(masks.device))
+    return joined if pick is None else torch.where(pick.to(masks.device)[:, None, None, None], joined, masks)
+
+
 def by_speaker(data: GeneratorData) -> bool:
     """Whether validation is whole held-out speakers rather than the end of every clip."""
     return data.held_out is not None and bool(data.held_out.any())
@@ -105,9 +119,10 @@ def split(data: GeneratorData, val_fraction: float) -> tuple[torch.Tensor, torch
 
 
 def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torch.Tensor, batch: int = 16,
-             swap: bool = False) -> float:
+             swap: bool = False, widen: bool = False) -> float:
     """Mean PSNR (dB) inside the redrawn region of held-out frames: the lower face, or with ``swap``
-    the whole face (drawn from the reference alone)."""
+    the whole face (drawn from the reference alone); with ``widen`` the lower face joined with the
+    reference frame's, as a dub from that frame's motion would mask it (``widened_masks``)."""
     g.eval()
     scores = []
     dev = next(g.parameters()).device
@@ -116,6 +131,8 @@ def evaluate(g: Generator, data: GeneratorData, idx: torch.Tensor, ref_idx: torc
         for lo in range(0, len(idx), batch):
             i, r = idx[lo:lo + batch], ref_idx[lo:lo + batch]
             real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), masks[i].to(dev)
+            if widen:
+                mask = widened_masks(data, mask, r)
             texture, cover = swap_texture(data, i, r) if swap else (None, None)
             fake = g(mesh, masked_target(real, mask, texture, cover), data.crops[r].to(dev))
             scores.append(lower_face_psnr(fake.float(), real, mask).cpu())
@@ -155,13 +172,18 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()
-    first = evaluate(g, data, val_idx, val_ref)
+    widening = cfg.jaw_share > 0
+    first = evaluate(g, data, val_idx, val_ref, widen=widening)
+    first_own = evaluate(g, data, val_idx, val_ref) if widening else first
     first_face = evaluate(g, data, val_idx, val_ref, swap=True) if swapping else None
     stopper, step = EarlyStopping(g, first, cfg.patience, higher_is_better=True), 0
     for step in range(1, cfg.steps + 1):
         i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
         r = references(data, i, gen, train_idx)
         real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+        if widening:
+            mask = widened_masks(data, mask, references(data, i, gen, train_idx),
+                                 torch.rand(len(i), generator=gen) < cfg.jaw_share)
         texture = cover = None
         if swapping:
             swap = swap_flags(len(i), cfg.swap_share, gen).to(dev)[:, None, None, None]
@@ -198,7 +220,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         out_of_time = cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s
         # the last step before the budget runs out is evaluated too (see train_syncformer)
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            v = evaluate(g, data, val_idx, val_ref)
+            v = evaluate(g, data, val_idx, val_ref, widen=widening)
             entry = {"step": step, "loss": float(loss.detach()), "val_lower_psnr": v, "seconds": time.monotonic() - start}
             if swapping:
                 entry["val_face_psnr"] = evaluate(g, data, val_idx, val_ref, swap=True)
@@ -211,6 +233,9 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     g.eval()
     summary = {"steps": step, "seconds": time.monotonic() - start, "val_lower_psnr_start": first,
                "val_lower_psnr_best": best, "log": cfg.log}
+    if widening:   # the numbers above are under widened masks; these under each frame's own, as without
+        summary.update(val_widened_masks=True, val_own_mask_psnr_start=first_own,
+                       val_own_mask_psnr_best=evaluate(g, data, val_idx, val_ref))
     if swapping:
         summary.update(val_face_psnr_start=first_face, val_face_psnr_best=evaluate(g, data, val_idx, val_ref, swap=True))
     return summary

@@ -120,6 +120,9 @@ OPENING_WEIGHT = 0.02
 # A quarter of every batch trains face swapping (the whole face masked, drawn from the reference):
 # the recipe that lets one model do lip sync and face swaps (DESIGN section 2).
 SWAP_SHARE = 0.25
+# Half the lip-sync samples are masked as a dub masks them, this frame's lower face joined with
+# another's of the same clip, so the generator learns to paint below a jaw that closes.
+JAW_SHARE = 0.5
 
 
 @dataclass
@@ -129,7 +132,8 @@ class TrainingPlan:
     syncformer: SyncFormerTraining = field(default_factory=lambda: SyncFormerTraining(
         steps=3000, time_budget_s=240, val_fraction=BASE_HOLDOUT, opening_weight=OPENING_WEIGHT))
     generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
-        steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE))
+        steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE,
+        jaw_share=JAW_SHARE))
     seed: int = 0
     val_speaker_share: float = VAL_SPEAKER_SHARE  # footage share of whole speakers held out (0: the end of every clip)
 
@@ -156,7 +160,8 @@ def finetune_plan(config: str = "cpu") -> TrainingPlan:
     return TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=FINETUNE_SYNCFORMER_S,
                                                                      lr=1e-4, opening_weight=OPENING_WEIGHT),
                         generator=GeneratorTraining(steps=5000, time_budget_s=FINETUNE_GENERATOR_S, adv_start=100,
-                                                    lr=1e-3, d_lr=1e-3, swap_share=SWAP_SHARE))
+                                                    lr=1e-3, d_lr=1e-3, swap_share=SWAP_SHARE,
+                                                    jaw_share=JAW_SHARE))
 
 
 def _lips() -> torch.Tensor:

@@ -307,3 +307,38 @@ def test_the_configured_model_dir_is_the_base_even_once_another_is_registered(tm
     assert base["version"] == version != bundled and base["uri"] == str((tmp_path / "my-base").resolve())
     assert model_store.ensure_base_model(tables, configured)["version"] == version      # registered once
     assert len([m for m in ModelRegistry(tables).models() if m["version"] == version]) == 1
+
+
+def test_a_zero_budget_takes_no_step_and_still_measures(clip):
+    """``--syncformer-seconds 0`` (keep a resumed model's Style-SyncFormer) used to divide by zero
+    in the learning-rate schedule before the first step."""
+    *_, c = clip
+    model = ReSyncer.new("cpu")
+    before = {k: v.clone() for k, v in model.syncformer.state_dict().items()}
+    sync = train_syncformer(model.syncformer, sequences([c]), torch.from_numpy(LIPS),
+                            SyncFormerTraining(steps=0, time_budget_s=0.0, val_fraction=0.3), set_normalization=False,
+                            mouth=MOUTH)
+    assert sync["steps"] == 0 and sync["val_vertex_best"] == sync["val_vertex_start"]
+    assert all(torch.equal(v, model.syncformer.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_generator_trains_and_is_scored_under_a_dubs_widened_masks(clip):
+    """A dub masks the tracked and the planned lower face together; with ``jaw_share`` some training
+    samples are masked that way, and held-out frames are scored (and selected) under it, with the
+    own-mask numbers kept beside them."""
+    from models.train_generator import widened_masks
+
+    *_, c = clip
+    data = generator_data([c])
+    i, other = torch.tensor([0, 1]), torch.tensor([len(data) - 1, len(data) - 2])
+    masks = data.masks[i]
+    joined = widened_masks(data, masks, other)
+    assert torch.equal(joined, torch.maximum(masks, data.masks[other]))
+    picked = widened_masks(data, masks, other, torch.tensor([True, False]))
+    assert torch.equal(picked[0], joined[0]) and torch.equal(picked[1], masks[1])
+    model = ReSyncer.new("cpu")
+    gen = train_generator(model.generator, model.discriminator, data,
+                          GeneratorTraining(steps=2, eval_every=1, batch=2, max_eval_frames=4, jaw_share=1.0,
+                                            val_fraction=0.3))
+    assert gen["val_widened_masks"] and gen["val_own_mask_psnr_start"] != gen["val_lower_psnr_start"]
+    assert np.isfinite(gen["val_own_mask_psnr_best"])
