@@ -342,3 +342,8 @@ def test_the_generator_trains_and_is_scored_under_a_dubs_widened_masks(clip):
                                             val_fraction=0.3))
     assert gen["val_widened_masks"] and gen["val_own_mask_psnr_start"] != gen["val_lower_psnr_start"]
     assert np.isfinite(gen["val_own_mask_psnr_best"])
+    from tasks.train import model_card
+
+    sync = {"steps": 0, "seconds": 0.0, "val_vertex_start": 1e-3, "val_vertex_best": 1e-3}
+    card = model_card(model, {"syncformer": sync, "generator": gen, "wall_s": 1.0}, "test")
+    assert "masked as a dub masks it" in card and f"{gen['val_own_mask_psnr_best']:.2f}" in card
