@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         description="File holding the cluster's token (Ray's RAY_AUTH_TOKEN_PATH); None: ~/.ray/auth_token.")
     ray_connect_timeout_s: float = Field(10.0, gt=0, description="Seconds joining ray_address may take before the run "
                                          "fails, naming the cause (unreachable, not a Ray Client server, token rejected).")
+    ray_connect_attempts: int = Field(3, ge=1, description="Tries at ray.init on ray_address when the head says it "
+                                      "could not start this client's server (\"Starting Ray client server failed\", a "
+                                      "per-client process that can die as it starts); other failures are not retried.")
     tracking_actor_resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources every tracking actor asks for (JSON), to place the pool "
         "on the nodes that offer them (`ray start --resources`), e.g. {\"resync_tracking\": 1}.")

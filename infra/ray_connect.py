@@ -27,6 +27,12 @@ CLIENT_SCHEME = "ray://"
 DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")
 
 
+# What the head's Ray Client proxier answers when the per-client server it forked for this driver
+# died as it started. That is transient (its gRPC fork handlers; a fresh try gets a fresh process),
+# so join tries again; GRPC_ENABLE_FORK_SUPPORT=0 in the head's environment removes most of it.
+SERVER_START_FAILED = "Starting Ray client server failed"
+
+
 class ClusterConnectionError(ConnectionError):
     """The configured Ray cluster cannot be joined; the message says why and what to check."""
 
@@ -160,7 +166,13 @@ def join(settings: Settings) -> None:
     import ray
 
     check_cluster(settings)
-    try:
-        ray.init(address=settings.ray_address, namespace="resync", logging_level=logging.WARNING)
-    except ConnectionError as e:
-        raise ClusterConnectionError(f"joining Ray cluster {settings.ray_address} failed: {e}") from e
+    for attempt in range(1, settings.ray_connect_attempts + 1):
+        try:
+            ray.init(address=settings.ray_address, namespace="resync", logging_level=logging.WARNING)
+            return
+        except ConnectionError as e:
+            if SERVER_START_FAILED not in str(e) or attempt == settings.ray_connect_attempts:
+                raise ClusterConnectionError(f"joining Ray cluster {settings.ray_address} failed: {e}") from e
+            log.warning("Ray cluster %s could not start a client server for this run (try %d of %d), trying again; "
+                        "if it keeps happening, start the head with GRPC_ENABLE_FORK_SUPPORT=0", settings.ray_address,
+                        attempt, settings.ray_connect_attempts)

@@ -15,6 +15,10 @@ Two things Ray does on purpose need care on one machine:
   spelled so that Ray keeps it; GRPC_DNS_RESOLVER=native lets Ray's gRPC resolve it) and no
   --node-ip-address: Ray derives 127.0.0.1 from the route to the head, and every server of the node
   then listens on 127.0.0.1 only.
+- The head's Ray Client proxier forks one server per driver. With gRPC's fork support on (its
+  default), that child can die as it starts and the driver waits ~40 s for "Starting Ray client
+  server failed"; the head is started with GRPC_ENABLE_FORK_SUPPORT=0, and the client
+  (``infra.ray_connect.join``) tries again when it happens anyway.
 - The head turns token authentication on by itself when a token exists (Ray 2.60's default, which
   is what a plain ``ray start --head`` does); worker nodes do not, so they get RAY_AUTH_MODE=token.
 """
@@ -175,7 +179,8 @@ def start_ray_cluster(folder: Path | None = None, *, head_cpus: float = 1, head_
     gcs_port, client_port, dashboard_port = pick_ports(3, taken)
     memory = ["--object-store-memory", str(object_store_mb * 1024 * 1024)]
     cluster = RayCluster(folder, token_path, gcs_port, client_port)
-    head_env = {**base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # keeps the head's servers on 127.0.0.1
+    head_env = {"GRPC_ENABLE_FORK_SUPPORT": "0",    # see the module docstring; an explicit setting in env wins
+                **base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}   # keeps the head's servers on 127.0.0.1
     try:
         cluster.nodes.append(_start_node(
             ["--head", "--node-ip-address", HOST, "--port", str(gcs_port), "--ray-client-server-port", str(client_port),
