@@ -26,10 +26,25 @@ def pixel_format(width: int, height: int) -> str:
 def video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """An RGB frame for an encoder that takes ``pix_fmt``. 4:2:0 is converted here by OpenCV (BT.601,
     limited range, as swscale's default, which the encoder would otherwise run): 1 ms a 1080p frame
-    against swscale's 3 ms, on the thread that encodes. Other formats are left to swscale."""
+    against swscale's 3 ms, on the thread that encodes. Other formats are left to swscale.
+
+    Every byte of the 4:2:0 planes is written, the alignment padding at the end of each row included
+    (the last column repeated; a 1080-wide frame's rows are 1088 bytes), so what the encoder is handed
+    is a function of the frame alone and never of what the allocator left there. (x264 does read
+    memory it never wrote: with glibc's M_PERTURB the same frames encode identically run after run,
+    without it the first few dozen frames of a dub differ by a grey level or two. That memory is
+    x264's own, which this does not reach; see ``tasks.malloc``.)"""
     if pix_fmt == "yuv420p":
-        return av.VideoFrame.from_ndarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420),
-                                          format="yuv420p")
+        h, w = rgb.shape[:2]
+        i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420).reshape(-1)
+        frame = av.VideoFrame(w, h, "yuv420p")
+        quarter = (h // 2) * (w // 2)
+        planes = (i420[:h * w].reshape(h, w), i420[h * w:h * w + quarter].reshape(h // 2, w // 2),
+                  i420[h * w + quarter:].reshape(h // 2, w // 2))
+        for plane, data in zip(frame.planes, planes):
+            pad = plane.line_size - data.shape[1]
+            plane.update(np.pad(data, ((0, 0), (0, pad)), mode="edge") if pad else data)
+        return frame
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
 

@@ -6,6 +6,13 @@ copy, costs page faults on every use: 9-11 s of kernel time in a 10-s 1080p dub 
 Raising the mmap and trim thresholds keeps those blocks in the heap for the next chunk to reuse
 (the dub of vlog_woman_vertical_10s: 26.2 -> 22.8 s, peak RSS 2.9 -> 2.6 GB). Peak memory stays
 bounded: the pipeline holds a fixed number of chunks.
+
+What it costs: byte-identical outputs. x264 reads some memory it never wrote; fresh ``mmap`` pages
+are zeros, reused heap holds earlier data, so the first few dozen frames of a 1080p dub can differ
+by a grey level or two between runs of the same dub although the frames handed to the encoder are
+identical (hashed, frame by frame, 2026-12-06). glibc's M_PERTURB (every allocation filled with a
+fixed byte) makes the encodes identical, at 19% of that dub's time (35.4 -> 42.2 s), so it is not
+set; compare dubs by their decoded frames against a tolerance, not by their files' hashes.
 """
 
 from __future__ import annotations
