@@ -85,14 +85,17 @@ def _shading(v: torch.Tensor, tris: torch.Tensor, smooth: bool) -> torch.Tensor:
     return AMBIENT + DIFFUSE * cos
 
 
-def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int, payload: torch.Tensor | None) -> torch.Tensor:
-    """Rasterize meshes; returns (B * size * size,) int32 keys, ``int32 max`` where nothing is drawn.
+def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int | tuple[int, int],
+             payload: torch.Tensor | None) -> torch.Tensor:
+    """Rasterize meshes into ``size`` (square) or (height, width) pixels; returns (B * height * width,)
+    int32 keys, ``int32 max`` where nothing is drawn.
 
     Each key packs the depth (16 bits, so one scatter-min is the z-test) over a 15-bit payload: the
     shade interpolated over each triangle from ``payload`` (B, F, 3) in [0, 1], or with ``payload``
     None the triangle's index (for ``correspondence``).
     """
     bsz, n_tri, dev = v.shape[0], tris.shape[0], v.device
+    height, width = (size, size) if isinstance(size, int) else size
     none = torch.iinfo(torch.int32).max
     # Per triangle: barycentric coordinate k as an affine function of the pixel centre,
     # b_k = ax_k * px + ay_k * py + c_k, and the planes of depth and payload.
@@ -111,8 +114,8 @@ def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int, payload: torch.Tens
 
     # Triangles -> scanlines: the pixel rows (integer y) each triangle spans.
     ok = (area.abs() > 1e-9) & torch.isfinite(corners).flatten(-2).all(-1)
-    y_lo = y.amin(-1).ceil().clamp(0, size)
-    y_hi = y.amax(-1).floor().clamp(-1, size - 1)
+    y_lo = y.amin(-1).ceil().clamp(0, height)
+    y_hi = y.amax(-1).floor().clamp(-1, height - 1)
     rows = torch.where(ok, y_hi - y_lo + 1, torch.zeros_like(y_lo)).clamp_min(0).flatten().long()
     tri = torch.repeat_interleave(torch.arange(rows.numel(), device=dev), rows)  # (R,) into B*F
     py = y_lo.flatten()[tri] + (torch.arange(tri.numel(), device=dev) - (rows.cumsum(0) - rows)[tri])
@@ -124,7 +127,7 @@ def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int, payload: torch.Tens
     t_ax = t[:, 0:3]
     bound = (-eps - t[:, 3:6] * py[:, None] - t[:, 6:9]) / t_ax
     x_lo = torch.maximum(torch.where(t_ax > 0, bound, -inf).amax(1), t[:, 9]).ceil().clamp_min(0)
-    x_hi = torch.minimum(torch.where(t_ax < 0, bound, inf).amin(1), t[:, 10]).floor().clamp_max(size - 1)
+    x_hi = torch.minimum(torch.where(t_ax < 0, bound, inf).amin(1), t[:, 10]).floor().clamp_max(width - 1)
     span = (x_hi - x_lo + 1).clamp_min(0).long()
     offset = span.cumsum(0) - span
     # Per scanline: depth and payload at a pixel index k of the whole run are start + slope * k.
@@ -132,11 +135,11 @@ def _zbuffer(v: torch.Tensor, tris: torch.Tensor, size: int, payload: torch.Tens
     z0 = zp[:, 0] * x_lo + zp[:, 1] * py + zp[:, 2]
     s0 = sp[:, 0] * x_lo + sp[:, 1] * py + sp[:, 2]
     rowdata = torch.stack([z0, zp[:, 0], s0, sp[:, 0]], 1)
-    first = tri.div(n_tri, rounding_mode="floor") * (size * size)  # the image's first pixel
-    pix0 = first + py.long() * size + x_lo.long() - offset
+    first = tri.div(n_tri, rounding_mode="floor") * (height * width)  # the image's first pixel
+    pix0 = first + py.long() * width + x_lo.long() - offset
 
     # Scanlines -> pixels.
-    zbuf = torch.full((bsz * size * size,), none, dtype=torch.int32, device=dev)
+    zbuf = torch.full((bsz * height * width,), none, dtype=torch.int32, device=dev)
     row = torch.repeat_interleave(torch.arange(span.numel(), device=dev), span)
     if row.numel() == 0:
         return zbuf
@@ -198,39 +201,42 @@ def _texture_triangles() -> torch.Tensor:
 
 
 @torch.no_grad()
-def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices,
+                 size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Move the face in ``images`` onto other meshes: each pixel the target mesh covers takes the
     colour at the same point of the source mesh (same triangle, same barycentric coordinates).
 
     images: (B, 3, H, W); source: (B, V, 2+) the face's vertices in pixels of ``images``; target:
-    (B, V, 3) meshes in pixels of a ``size`` crop. Returns the warped (B, 3, size, size) (0 where
-    not covered) and the coverage (B, 1, size, size) in {0, 1}. Face swapping gives the generator
+    (B, V, 3) meshes in pixels of a ``size`` crop (or a (height, width) window, which costs only its
+    own pixels). Returns the warped (B, 3, height, width) (0 where not covered) and the coverage
+    (B, 1, height, width) in {0, 1}. Face swapping gives the generator
     another person's skin, eyes and brows where the mesh says, as a texture, not only as a style.
     """
     v = _as_vertices(target)
     src = torch.as_tensor(source, dtype=v.dtype, device=v.device)[..., :2]
     tris = _texture_triangles().to(v.device)
     bsz, none = v.shape[0], torch.iinfo(torch.int32).max
-    zbuf = _zbuffer(v, tris, size, None).view(bsz, size * size)
+    height, width = (size, size) if isinstance(size, int) else size
+    zbuf = _zbuffer(v, tris, (height, width), None).view(bsz, height * width)
     flat = (zbuf != none).view(-1).nonzero().squeeze(1)          # (N,) the covered pixels only, as B * P + p
-    pix = flat % (size * size)
+    pix = flat % (height * width)
     tri = (zbuf.view(-1)[flat] & 0x7FFF).long()                   # the triangle under each
     ax, ay, c, _ = _barycentric_planes(v[:, tris][..., :2])      # (B, F, 3) each
     # Barycentric coordinates are affine in the pixel, so is the source point they pick: one
     # (2 x 3) map per triangle, gathered once per covered pixel.
     corners = src[:, tris]                                        # (B, F, 3, 2)
     affine = torch.stack([(corners * q[..., None]).sum(2) for q in (ax, ay, c)], -1).reshape(-1, 6)  # (B * F, 6)
-    a = affine.index_select(0, flat.div(size * size, rounding_mode="floor") * tris.shape[0] + tri)   # (N, 6)
-    px, py = (pix % size).to(v.dtype), (pix // size).to(v.dtype)
+    a = affine.index_select(0, flat.div(height * width, rounding_mode="floor") * tris.shape[0] + tri)  # (N, 6)
+    px, py = (pix % width).to(v.dtype), (pix // width).to(v.dtype)
     where = torch.stack([a[:, 0] * px + a[:, 1] * py + a[:, 2], a[:, 3] * px + a[:, 4] * py + a[:, 5]], -1)
     h, w = images.shape[-2:]
-    grid = torch.zeros(bsz * size * size, 2, dtype=v.dtype, device=v.device)   # uncovered: sampled, then masked
+    grid = torch.zeros(bsz * height * width, 2, dtype=v.dtype, device=v.device)   # uncovered: sampled, then masked
     grid[flat] = torch.stack([where[:, 0] / max(w - 1, 1), where[:, 1] / max(h - 1, 1)], -1) * 2 - 1
-    warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, size, size, 2), mode="bilinear",
+    warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, height, width, 2), mode="bilinear",
                                              padding_mode="border", align_corners=True)
-    finite = torch.zeros(bsz * size * size, dtype=torch.bool, device=v.device)
+    finite = torch.zeros(bsz * height * width, dtype=torch.bool, device=v.device)
     finite[flat] = torch.isfinite(where).all(-1)
-    mask = finite.view(bsz, 1, size, size).float()
+    mask = finite.view(bsz, 1, height, width).float()
     return torch.nan_to_num(warped) * mask, mask
 
 

@@ -69,12 +69,12 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
         detail = high_band(np.stack([warp_crop(f, m, d) for f, m in zip(frames[s:e], fine[s:e])]), band)
         # only the window the masks (and their feathering) reach is rasterized: the lower face
         x0, y0, side = _window(masks[s:e], factor, pad=int(0.05 * d) + 2)
+        h, w = min(side, d - y0), min(side, d - x0)      # the window's part inside the crop
         target = new_verts[s:e] * factor - np.array([x0, y0, 0], np.float32)
         moved, covered = warp_texture(torch.from_numpy(detail).permute(0, 3, 1, 2),
                                       torch.from_numpy(np.ascontiguousarray(old_verts[s:e] * factor, np.float32)),
-                                      torch.from_numpy(np.ascontiguousarray(target, np.float32)), side)
+                                      torch.from_numpy(np.ascontiguousarray(target, np.float32)), (h, w))
         moved, covered = moved.permute(0, 2, 3, 1).numpy(), covered[:, 0].numpy()
-        h, w = min(side, d - y0), min(side, d - x0)
         for k, g in enumerate(generated[s:e]):
             up = cv2.resize(g, (d, d), interpolation=cv2.INTER_CUBIC).astype(np.float32)
             # where the mesh carries texture its fine band replaces the generator's; the open mouth

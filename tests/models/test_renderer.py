@@ -251,6 +251,24 @@ def test_warp_texture_moves_a_face_onto_another_frames_mesh(clip):
     assert warped_err < plain_err, (warped_err, plain_err)
 
 
+def test_warp_texture_into_a_window_is_the_square_crop_cut_to_it(clip):
+    """A (height, width) window costs only its own pixels and holds exactly what the square
+    rendering holds there (detail transfer draws only the lower face, a wide and short window)."""
+    points, crops, crop_size, closed, opened = clip
+    size = 128
+    mesh = {i: frame_mesh(clip, i, size) for i in (closed, opened)}
+    texture = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    source = torch.from_numpy(np.stack([mesh[closed], mesh[opened]])).float()
+    target = torch.from_numpy(np.stack([mesh[opened], mesh[closed]])).float()
+    target[..., :2] -= torch.tensor([9.0, 52.0])           # the window's corner, as detail transfer shifts it
+    square, square_cover = warp_texture(texture, source, target, size)
+    for height, width in ((size - 52, size - 9), (40, 100), (size, 30)):
+        window, cover = warp_texture(texture, source, target, (height, width))
+        assert window.shape == (2, 3, height, width) and cover.shape == (2, 1, height, width)
+        assert torch.equal(window, square[..., :height, :width]) and torch.equal(cover, square_cover[..., :height, :width])
+        assert cover.sum() > 0
+
+
 # --- batching (timings printed, not asserted: this machine is shared) ---------------------------
 
 def test_a_batch_renders_as_its_frames_do_one_at_a_time(clip):
