@@ -276,14 +276,17 @@ def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeature
 
 
 def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
-             track: TrackResult, samples: np.ndarray, video_uri: str, displacements: np.ndarray | None = None,
-             style_displacements: np.ndarray | None = None, identity: np.ndarray | None = None) -> DubPlan:
+             track: TrackResult, samples: np.ndarray, video_uri: str,
+             displacements: np.ndarray | FrameStore | None = None, style_displacements: np.ndarray | None = None,
+             identity: np.ndarray | None = None) -> DubPlan:
     """The plan for this video and speech. ``displacements``: motion to show instead of predicting it
-    (video-driven lip sync); ``identity``: another face's template (a face swap)."""
+    (video-driven lip sync; an array, or rows on disk such as a track's own, read a chunk at a time);
+    ``identity``: another face's template (a face swap)."""
     usable = usable_frames(track, video_uri)
     if displacements is not None:
-        predicted = displacements.astype(np.float32)
-        if predicted.shape != track.displacements.shape:
+        predicted = displacements if isinstance(displacements, FrameStore) and displacements.dtype == np.float32 \
+            else np.asarray(displacements, np.float32).copy()
+        if tuple(predicted.shape) != tuple(track.displacements.shape):
             raise ResyncError(ErrorClass.UNSUPPORTED_INPUT, f"driving motion has shape {predicted.shape}, "
                               f"the video needs {track.displacements.shape}", item=video_uri)
     else:

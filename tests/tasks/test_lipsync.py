@@ -148,6 +148,23 @@ def test_chunks_redrawn_at_once_come_out_in_order_and_match_one_at_a_time(env, m
     assert diff.max() < 1.0 and diff.max() < np.median(motion), (diff.max(), np.median(motion))
 
 
+def test_a_plan_driven_by_motion_on_disk_reads_it_as_it_would_the_array(env, map_clip):
+    """Driving motion may be rows on disk (a track's own displacements, as bench/quality's oracle
+    row passes them): the plan reads them a chunk at a time and draws what the array would."""
+    from tasks.dub_plan import plan_dub
+    from tasks.frame_store import FrameStore
+
+    settings, storage, model, features, data, root = env
+    uri, track = map_clip
+    motion = np.nan_to_num(np.asarray(track.displacements, np.float32))
+    silence = np.zeros(16_000, np.float32)
+    on_disk = plan_dub(settings, model, features, None, track, silence, uri, FrameStore.of(motion))
+    in_memory = plan_dub(settings, model, features, None, track, silence, uri, motion)
+    frames = np.flatnonzero(on_disk.usable)[:8]
+    assert len(frames) and np.array_equal(on_disk.meshes(track, frames)[0], in_memory.meshes(track, frames)[0])
+    with pytest.raises(ResyncError, match="driving motion has shape"):
+        plan_dub(settings, model, features, None, track, silence, uri, FrameStore.of(motion[:-1]))
+
 def test_detail_transfer_keeps_the_frames_texture_on_the_redrawn_mouth(env, map_clip):
     """Driven by its own tracked motion (the mesh drawn is the mesh tracked), the frame's texture
     moved over lines up: with detail transfer the lower face is nearer the source and the mouth
