@@ -285,7 +285,7 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
     usable = usable_frames(track, video_uri)
     if displacements is not None:
         predicted = displacements if isinstance(displacements, FrameStore) and displacements.dtype == np.float32 \
-            else np.asarray(displacements, np.float32).copy()
+            else np.array(displacements, np.float32)
         if tuple(predicted.shape) != tuple(track.displacements.shape):
             raise ResyncError(ErrorClass.UNSUPPORTED_INPUT, f"driving motion has shape {predicted.shape}, "
                               f"the video needs {track.displacements.shape}", item=video_uri)
