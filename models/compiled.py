@@ -22,7 +22,7 @@ import platform
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -91,7 +91,28 @@ def compile_package(generator: Generator, batch: int, amp: bool, path: Path) -> 
                 os.unlink(tmp)
 
 
-def load_compiled(generator: Generator, batch: int, amp: bool, cache_dir: Path | None = None) -> Callable:
+class CompiledSynthesis:
+    """A loaded package, called as the synthesis is: ``fn(mesh, masked_target, codes) -> crops``.
+
+    It drives the C++ package loader directly. ``torch._inductor.aoti_load_package`` would wrap the
+    same loader, but importing it imports Inductor, Dynamo and SymPy (0.7-1 s of every ``resync dub``'s
+    start, on the redraw thread while the first chunk waits) only to flatten three tensors and
+    unflatten one, which is all this does."""
+
+    def __init__(self, path: Path) -> None:
+        self.loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+
+    def __call__(self, mesh: torch.Tensor, masked_target: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return self.loader.boxed_run([mesh, masked_target, codes])[0]
+
+    def get_constant_fqns(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def load_constants(self, constants: dict[str, torch.Tensor], check_full_update: bool) -> None:
+        self.loader.load_constants(constants, False, check_full_update, False)
+
+
+def load_compiled(generator: Generator, batch: int, amp: bool, cache_dir: Path | None = None) -> CompiledSynthesis:
     """The compiled synthesis for ``generator``'s weights: ``fn(mesh, masked_target, codes)`` on
     batches of exactly ``batch``. Compiles on a machine's first use (about 45 s here)."""
     dev = next(generator.parameters()).device
@@ -101,10 +122,10 @@ def load_compiled(generator: Generator, batch: int, amp: bool, cache_dir: Path |
         with _file_lock(path.with_suffix(".lock")):
             if not path.is_file():
                 compile_package(generator, batch, amp, path)
-    runner = torch._inductor.aoti_load_package(str(path))
+    runner = CompiledSynthesis(path)
     weights = {PREFIX + k: v for k, v in generator.state_dict().items()}
     runner.load_constants({name: weights[name] for name in runner.get_constant_fqns()}, check_full_update=True)
     return runner
 
 
-__all__ = ["Synthesis", "load_compiled", "compile_package", "package_key", "default_cache_dir"]
+__all__ = ["Synthesis", "CompiledSynthesis", "load_compiled", "compile_package", "package_key", "default_cache_dir"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +162,28 @@ def test_configs_without_audio_offsets_read_the_frame_at_its_time():
     assert ModelConfig.from_dict(d).syncformer.audio_offsets == (0,)
     ahead = CPU.syncformer.audio_offsets
     assert 0 in ahead and max(ahead) > -min(ahead)
+
+
+def test_a_compiled_package_loads_without_importing_inductor(tmp_path):
+    """A new process (every ``resync dub``) loads a compiled package and runs it without importing
+    Inductor, Dynamo and SymPy, which cost the dub's first chunk most of a second."""
+    model = small()
+    model.compile_cache_dir = str(tmp_path)
+    codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
+    model.render(torch.rand(8, 1, 32, 32), torch.rand(8, 3, 32, 32), codes, compiled=True, batch=8)  # compiles
+    script = f"""
+import sys, torch
+from tests.models.test_resyncer import small
+model = small()
+model.compile_cache_dir = {str(tmp_path)!r}
+codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
+mesh, masked = torch.rand(5, 1, 32, 32), torch.rand(5, 3, 32, 32) * 2 - 1
+compiled = model.render(mesh, masked, codes, compiled=True, batch=8)
+assert not model._compile_failed
+assert torch.allclose(compiled, model.render(mesh, masked, codes), atol=1e-4)
+print(sorted(m for m in sys.modules if m.startswith(("torch._inductor", "torch._dynamo", "sympy"))))
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
