@@ -22,7 +22,8 @@ from catalogs.manifest import DubManifest
 from catalogs.plan import make_shards, plan_items
 from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
 from catalogs.storage import Storage
-from flows.cli_common import AllowOpt, EndpointOpt, RootOpt, console, fail, make_settings, out, require_catalog
+from flows.cli_common import (AllowOpt, EndpointOpt, RootOpt, console, end_process, fail, make_settings, out,
+                              require_catalog, teardown_skipped)
 
 app = typer.Typer(help="resync: batch lip-sync dubbing for video catalogs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -193,7 +194,14 @@ app.add_typer(run_app, name="run")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app()
+    try:
+        app()
+    except SystemExit as e:     # how click ends every command, done or failed
+        if teardown_skipped():  # the command finished all it started (resync dub): no teardown to wait for
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+            end_process(e.code if isinstance(e.code, int) else int(e.code is not None))
+        raise
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from catalogs.errors import ResyncError
 from catalogs.storage import Storage
-from flows.cli_common import EndpointOpt, RootOpt, console, fail, frame_progress, make_settings, out
+from flows.cli_common import EndpointOpt, RootOpt, console, fail, frame_progress, make_settings, out, skip_teardown
 
 model_app = typer.Typer(help="Train and fine-tune ReSyncer models.", no_args_is_help=True)
 ModelOpt = typer.Option(None, "--model", help="Model folder (safetensors + config.json). Env: RESYNC_MODEL_DIR. "
@@ -102,6 +102,7 @@ def dub(
            "video_seconds": round(result.video_seconds, 3), "audio_seconds": round(result.audio_seconds, 3),
            "audio_overhang_s": round(result.audio_overhang_s, 3), "model_version": result.model_version,
            "detail_factor": result.detail_factor, **{k: round(v, 3) for k, v in result.timings.items()}}
+    skip_teardown()     # published, and every thread, decoder and temporary file of the dub is closed
     if as_json:
         out.print_json(json.dumps(doc))
         return

@@ -28,6 +28,31 @@ def test_help_for_every_command():
     assert out.returncode == 0 and "ingest" in out.stdout
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_command_that_finished_everything_ends_without_teardown_and_keeps_its_output(tmp_path, skip):
+    """``resync dub`` ends the process once its output is flushed (skipping 0.6-0.9 s of interpreter
+    teardown); exit handlers still run for every other command, and exit codes and messages are kept."""
+    mark = tmp_path / "atexit-ran"
+    script = f"""
+import atexit, sys
+from flows import cli, cli_common
+atexit.register(lambda: open({str(mark)!r}, "w").close())
+if {skip}:
+    cli_common.skip_teardown()
+sys.argv = ["resync", *sys.argv[1:]]
+cli.main()
+"""
+    repo = Path(__file__).resolve().parents[2]
+    ok = subprocess.run([sys.executable, "-c", script, "catalog", "--help"], cwd=repo, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and "ingest" in ok.stdout
+    assert mark.exists() != skip
+    mark.unlink(missing_ok=True)
+    bad = subprocess.run([sys.executable, "-c", script, "dub"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Missing argument" in bad.stderr
+    assert mark.exists() != skip
+
+
 def test_ingest_show_plan(tmp_path: Path, shared_data: Path):
     root = str(tmp_path / "root")
     videos = write_csv(tmp_path / "v.csv", ["video_id", "uri", "speaker_id"], [
