@@ -17,8 +17,6 @@ from rich.table import Table
 
 from catalogs.delta import DeltaTables
 from catalogs.errors import ResyncError
-from catalogs.ingest import CatalogIngest, open_rejects
-from catalogs.manifest import DubManifest
 from catalogs.plan import make_shards, plan_items
 from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
 from catalogs.storage import Storage
@@ -39,6 +37,8 @@ def catalog_ingest(
     root: Optional[str] = RootOpt, allow_root: Optional[list[str]] = AllowOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
 ) -> None:
     """Probe the listed media and upsert it into the catalog tables; bad rows are reported, good rows land."""
+    from catalogs.ingest import CatalogIngest   # here, not at the top: pandas is no part of `resync dub`'s start
+
     if not videos and not requests:
         fail("give --videos and/or --requests", 2)
     storage = Storage(make_settings(root, allow_root, s3_endpoint_url))
@@ -78,6 +78,9 @@ def _print_rejects(rows: list[dict], title: str) -> None:
 def catalog_show(root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
                  as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")) -> None:
     """Counts of videos and requests (by language), dub status counts, and the rejected rows not yet fixed."""
+    from catalogs.ingest import open_rejects
+    from catalogs.manifest import DubManifest
+
     tables = DeltaTables(Storage(make_settings(root, None, s3_endpoint_url)))
     require_catalog(tables)
     videos = tables.read(VIDEOS_TABLE, columns=["video_id"]).num_rows
