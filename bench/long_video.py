@@ -33,20 +33,34 @@ console = Console(width=140)
 # ru_maxrss reads 4 GB for a 2.5-GB dub. VmHWM belongs to the address space the exec made.
 MEASURE = """
 import resource, runpy, sys
+import flows.cli_common as common
+
+
+def print_peak():
+    try:
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration):     # not Linux: ru_maxrss (kilobytes on Linux, bytes on macOS)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    print("PEAK_RSS", peak, flush=True)
+
+
+end_process = common.end_process
+def end_with_peak(code):      # resync dub ends its process without teardown: say the peak first
+    if code == 0:
+        print_peak()
+    end_process(code)
+
+
+common.end_process = end_with_peak
 sys.argv = ["resync", *sys.argv[1:]]
 try:
     runpy.run_module("flows.cli", run_name="__main__")
 except SystemExit as e:
     if e.code:
         raise
-try:
-    with open("/proc/self/status") as status:
-        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
-except (OSError, StopIteration):     # not Linux: ru_maxrss (kilobytes on Linux, bytes on macOS)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-print("PEAK_RSS", peak)
+print_peak()
 """
-
 
 @dataclass
 class LengthRow:
