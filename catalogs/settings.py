@@ -168,10 +168,12 @@ class Settings(BaseSettings):
                                     "milliseconds (every model of one configuration shares it). Turn off for one-off short dubs.")
     rest_min_pause_s: float = Field(0.4, ge=0, description="Pauses of the new speech at least this long (seconds) "
                                     "ease the predicted mouth to the speaker's own mouth at rest; 0: off.")
-    motion_gain: float = Field(1.3, gt=0, description="The predicted mouth moves this many times as far from the "
+    motion_gain: float = Field(1.0, gt=0, description="The predicted mouth moves this many times as far from the "
                                "speaker's mouth at rest (tasks.dub_plan.articulate); 1: as the Style-SyncFormer predicts. "
-                               "1.3 brought the re-tracked amplitude of zero-shot dubs of the base's 7 held-out train/ "
-                               "speakers from 0.77 to 0.97 of the real mouth's.")
+                               "Chosen on zero-shot dubs of the base's 7 held-out train/ speakers: with the bundled "
+                               "base 1.0 (median re-tracked amplitude 0.89 of the real mouth's, LMD 1.05x static's) "
+                               "beat 1.3 (1.06, LMD 1.12x; worse on 8 of 9 clips). The base before it damped the "
+                               "mesh it was given, and needed 1.3.")
     detail_transfer: bool = Field(True, description="Carry the frame's own skin and lip texture over onto the redrawn "
                                   "lower face, moved with the mesh (tasks/detail.py): the generator draws shape, shading "
                                   "and teeth, the texture stays the person's. Never used by face swapping.")
