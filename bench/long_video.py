@@ -62,6 +62,7 @@ except SystemExit as e:
 print_peak()
 """
 
+
 @dataclass
 class LengthRow:
     clip: str

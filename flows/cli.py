@@ -201,9 +201,10 @@ def main() -> None:
         app()
     except SystemExit as e:     # how click ends every command, done or failed
         if teardown_skipped():  # the command finished all it started (resync dub): no teardown to wait for
-            if e.code is not None and not isinstance(e.code, int):
-                print(e.code, file=sys.stderr)
-            end_process(e.code if isinstance(e.code, int) else int(e.code is not None))
+            if isinstance(e.code, int) or e.code is None:
+                end_process(e.code or 0)
+            print(e.code, file=sys.stderr)    # sys.exit("message"): printed, status 1, as Python does
+            end_process(1)
         raise
 
 

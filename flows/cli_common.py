@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import suppress
 from typing import NoReturn
 
 import typer
@@ -32,8 +33,7 @@ def make_settings(root: str | None = None, allow_root: list[str] | None = None, 
     return Settings(**overrides)
 
 
-class _Teardown:
-    skip = False
+_skip_teardown = False
 
 
 def skip_teardown() -> None:
@@ -41,21 +41,20 @@ def skip_teardown() -> None:
     temporary file is left for an exit handler. ``main`` then ends the process without Python's
     interpreter teardown, which after a dub takes 0.6-0.9 s (torch's and the loaded libraries'
     finalizers) of a command that has already published its output."""
-    _Teardown.skip = True
+    global _skip_teardown
+    _skip_teardown = True
 
 
 def teardown_skipped() -> bool:
-    return _Teardown.skip
+    return _skip_teardown
 
 
 def end_process(code: int) -> NoReturn:
     """Flush what the command printed and logged, then end the process at once (``os._exit``)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):    # a closed or broken pipe: nothing left to flush to
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(code)
 
 
