@@ -42,8 +42,10 @@ def video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
         planes = (i420[:h * w].reshape(h, w), i420[h * w:h * w + quarter].reshape(h // 2, w // 2),
                   i420[h * w + quarter:].reshape(h // 2, w // 2))
         for plane, data in zip(frame.planes, planes):
-            pad = plane.line_size - data.shape[1]
-            plane.update(np.pad(data, ((0, 0), (0, pad)), mode="edge") if pad else data)
+            rows, width = data.shape
+            dst = np.frombuffer(plane, np.uint8)[:rows * plane.line_size].reshape(rows, plane.line_size)  # its own memory
+            dst[:, :width] = data
+            dst[:, width:] = data[:, -1:]      # the padding: the last column repeated
         return frame
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
