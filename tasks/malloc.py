@@ -10,19 +10,13 @@ bounded: the pipeline holds a fixed number of chunks.
 The thresholds only govern the main arena, though. A thread other than the main one gets an arena
 of its own, made of heaps of at most 64 MB, and serves a block that does not fit one from fresh
 ``mmap`` pages whatever the threshold. The stages are such threads (decoding, tracking, the
-generator), so their frames and activations were still faulted in page by page: 0.9 million minor
-faults in a 20-s 1080p dub. One arena for the process (``M_ARENA_MAX`` 1, set before the first
-stage thread allocates, hence also at the start of tracking) lets every thread reuse freed blocks:
-the decoding thread's faults fell from 158,000 to 1,000, and that dub took 2.5-3.5 CPU-s and
-0.5-2 s less (three alternating runs). Small allocations keep their per-thread cache (tcache), so
-threads seldom wait on the arena's lock.
-
-What it costs: byte-identical outputs. x264 reads some memory it never wrote; fresh ``mmap`` pages
-are zeros, reused heap holds earlier data, so the first few dozen frames of a 1080p dub can differ
-by a grey level or two between runs of the same dub although the frames handed to the encoder are
-identical (hashed, frame by frame, 2026-12-06). glibc's M_PERTURB (every allocation filled with a
-fixed byte) makes the encodes identical, at 19% of that dub's time (35.4 -> 42.2 s), so it is not
-set; compare dubs by their decoded frames against a tolerance, not by their files' hashes.
+generator), so their frames were still faulted in page by page: 0.9 million minor faults in a 20-s
+1080p dub. ``stream_frames_in_one_arena`` gives the whole process the main arena, so every thread
+reuses freed blocks: the decoding thread's faults fell from 158,000 to under 1,000 and that dub took
+2.5-3.5 CPU-s and 0.5-2 s less (alternating runs). Small allocations keep their per-thread cache
+(tcache), so threads seldom wait on the arena's lock. It must run before any other thread has
+allocated: set later, a new thread is handed an existing thread's arena instead (glibc's
+``reused_arena``), and the generator's thread then faulted 4 times as often as with the defaults.
 """
 
 from __future__ import annotations
@@ -38,20 +32,33 @@ log = logging.getLogger(__name__)
 
 
 def reuse_large_allocations(megabytes: int) -> bool:
-    """Keep allocations up to ``megabytes`` in the heap for reuse, in one arena for all threads (0:
-    glibc's defaults). Returns whether it took effect (False on a C library without ``mallopt``, such
-    as musl or macOS). Call it before the threads that allocate frames start."""
+    """Keep allocations up to ``megabytes`` in the heap for reuse (0: glibc's defaults). Returns
+    whether it took effect (False on a C library without ``mallopt``, such as musl or macOS)."""
     if megabytes <= 0:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     size = megabytes << 20
-    ok = (bool(mallopt(M_MMAP_THRESHOLD, size)) and bool(mallopt(M_TRIM_THRESHOLD, 4 * size))
-          and bool(mallopt(M_ARENA_MAX, 1)))
+    ok = bool(mallopt(M_MMAP_THRESHOLD, size)) and bool(mallopt(M_TRIM_THRESHOLD, 4 * size))
     if not ok:
         log.debug("mallopt refused thresholds of %d MB", megabytes)
     return ok
+
+
+def stream_frames_in_one_arena(megabytes: int) -> bool:
+    """``reuse_large_allocations`` for every thread of this process: one arena for all. Call it
+    first thing in a process that streams frames (``resync dub``), before any other thread starts.
+    Returns whether it took effect; with ``megabytes`` 0 glibc's defaults are kept."""
+    mallopt = _mallopt()
+    if megabytes <= 0 or mallopt is None or not bool(mallopt(M_ARENA_MAX, 1)):
+        return False
+    return reuse_large_allocations(megabytes)
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None on a C library without it."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None

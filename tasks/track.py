@@ -26,7 +26,6 @@ from tasks.facemesh import FaceMeshTracker
 from tasks.frame_store import BLOCK_ROWS, FrameStore, per_block, use_directory
 from tasks.geometry import Similarity, crop_matrix, euler_degrees, fit_pose, template_of, to_canonical
 from tasks.landmarks import N_LANDMARKS, mouth_opening
-from tasks.malloc import reuse_large_allocations
 from tasks.smoothing import one_euro_zero_phase
 
 ALGORITHM = "fm0.10.21-v3"  # bump when tracking code changes what it writes
@@ -150,7 +149,6 @@ def track_video(storage: Storage, settings: Settings, uri: str,
     """Track the speaking face of ``uri``. Raises ``ResyncError`` for undecodable media and ``no_face``
     when no face is found in any frame."""
     use_directory(settings.spill_dir)          # where the landmarks wait (process-wide, like tasks.malloc)
-    reuse_large_allocations(settings.malloc_reuse_mb)   # before the decoding threads start: they reuse frames
     with VideoSource(storage, uri) as video:
         n, fps = video.n_frames, video.fps
         timestamps, (width, height), vfr = video.timestamps, video.size, video.is_vfr

@@ -1,4 +1,4 @@
-"""tasks.malloc: a stage thread reuses the memory of the frames it freed instead of faulting in fresh pages."""
+"""tasks.malloc: with one arena set at the start, a stage thread reuses the memory of the frames it freed instead of faulting in fresh pages."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # heap), writes it and frees it, four times; prints the page faults of rounds 2-4 (the first must fault).
 CHILD = textwrap.dedent("""
     import ctypes, resource, sys, threading
-    from tasks.malloc import reuse_large_allocations
+    from tasks.malloc import stream_frames_in_one_arena
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    if sys.argv[1] == "tuned" and not reuse_large_allocations(256):
+    if sys.argv[1] == "tuned" and not stream_frames_in_one_arena(256):
         print("unsupported"); sys.exit(0)
     faults = []
     def stage():
