@@ -201,16 +201,15 @@ def _texture_triangles() -> torch.Tensor:
 
 
 @torch.no_grad()
-def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices,
-                 size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the face in ``images`` onto other meshes: each pixel the target mesh covers takes the
-    colour at the same point of the source mesh (same triangle, same barycentric coordinates).
+def texture_map(source: Vertices, target: Vertices, size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pixel of the target meshes comes from: the point of the source mesh in the same
+    triangle at the same barycentric coordinates.
 
-    images: (B, 3, H, W); source: (B, V, 2+) the face's vertices in pixels of ``images``; target:
-    (B, V, 3) meshes in pixels of a ``size`` crop (or a (height, width) window, which costs only its
-    own pixels). Returns the warped (B, 3, height, width) (0 where not covered) and the coverage
-    (B, 1, height, width) in {0, 1}. Face swapping gives the generator
-    another person's skin, eyes and brows where the mesh says, as a texture, not only as a style.
+    source: (B, V, 2+) vertices in the pixels of the image to sample; target: (B, V, 3) meshes in
+    pixels of a ``size`` crop (or a (height, width) window, which costs only its own pixels). Returns
+    (B, height, width, 2) source pixel coordinates (x, y) and the coverage (B, height, width) bool;
+    uncovered pixels hold 0. The map is affine inside each triangle and continuous across their shared
+    edges.
     """
     v = _as_vertices(target)
     src = torch.as_tensor(source, dtype=v.dtype, device=v.device)[..., :2]
@@ -229,14 +228,32 @@ def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices,
     a = affine.index_select(0, flat.div(height * width, rounding_mode="floor") * tris.shape[0] + tri)  # (N, 6)
     px, py = (pix % width).to(v.dtype), (pix // width).to(v.dtype)
     where = torch.stack([a[:, 0] * px + a[:, 1] * py + a[:, 2], a[:, 3] * px + a[:, 4] * py + a[:, 5]], -1)
+    finite = torch.isfinite(where).all(-1)
+    points = torch.zeros(bsz * height * width, 2, dtype=v.dtype, device=v.device)
+    covered = torch.zeros(bsz * height * width, dtype=torch.bool, device=v.device)
+    points[flat] = torch.where(finite[:, None], where, torch.zeros_like(where))
+    covered[flat] = finite
+    return points.view(bsz, height, width, 2), covered.view(bsz, height, width)
+
+
+def warp_texture(images: torch.Tensor, source: Vertices, target: Vertices,
+                 size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the face in ``images`` onto other meshes: each pixel the target mesh covers takes the
+    colour at the same point of the source mesh (same triangle, same barycentric coordinates).
+
+    images: (B, 3, H, W); source: (B, V, 2+) the face's vertices in pixels of ``images``; target:
+    (B, V, 3) meshes in pixels of a ``size`` crop (or a (height, width) window, which costs only its
+    own pixels). Returns the warped (B, 3, height, width) (0 where not covered) and the coverage
+    (B, 1, height, width) in {0, 1}. Face swapping gives the generator
+    another person's skin, eyes and brows where the mesh says, as a texture, not only as a style.
+    """
+    points, covered = texture_map(source, target, size)
     h, w = images.shape[-2:]
-    grid = torch.zeros(bsz * height * width, 2, dtype=v.dtype, device=v.device)   # uncovered: sampled, then masked
-    grid[flat] = torch.stack([where[:, 0] / max(w - 1, 1), where[:, 1] / max(h - 1, 1)], -1) * 2 - 1
-    warped = torch.nn.functional.grid_sample(images.float(), grid.view(bsz, height, width, 2), mode="bilinear",
-                                             padding_mode="border", align_corners=True)
-    finite = torch.zeros(bsz * height * width, dtype=torch.bool, device=v.device)
-    finite[flat] = torch.isfinite(where).all(-1)
-    mask = finite.view(bsz, 1, height, width).float()
+    scale = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=points.dtype, device=points.device)
+    grid = points / scale * 2 - 1                                 # uncovered: sampled, then masked
+    warped = torch.nn.functional.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                                             align_corners=True)
+    mask = covered[:, None].float()
     return torch.nan_to_num(warped) * mask, mask
 
 
