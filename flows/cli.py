@@ -6,22 +6,27 @@ Exit codes scripts can rely on: 0 done; 1 a fatal error (storage unreachable, ba
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-from typing import Optional
 
-import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from flows.cli_start import prepare_process
 
-from catalogs.delta import DeltaTables
-from catalogs.errors import ResyncError
-from catalogs.plan import make_shards, plan_items
-from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE
-from catalogs.storage import Storage
-from flows.cli_common import (AllowOpt, EndpointOpt, RootOpt, console, end_process, fail, make_settings, out,
-                              require_catalog, teardown_skipped)
+prepare_process(sys.argv)   # before any import below starts a thread: see flows.cli_start
+
+import json  # noqa: E402 - the imports below come after prepare_process on purpose
+import logging  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from catalogs.delta import DeltaTables  # noqa: E402
+from catalogs.errors import ResyncError  # noqa: E402
+from catalogs.plan import make_shards, plan_items  # noqa: E402
+from catalogs.schemas import REQUESTS_TABLE, TABLES, VIDEOS_TABLE  # noqa: E402
+from catalogs.storage import Storage  # noqa: E402
+from flows.cli_common import (AllowOpt, EndpointOpt, RootOpt, console, end_process, fail, make_settings,  # noqa: E402
+                              out, require_catalog, teardown_skipped)
 
 app = typer.Typer(help="resync: batch lip-sync dubbing for video catalogs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)

@@ -54,14 +54,12 @@ def dub(
     from tasks.audio import load_audio
     from tasks.lipsync import DubInputs
     from tasks.lipsync import dub as dub_item
-    from tasks.malloc import stream_frames_in_one_arena
     from tasks.track import track_video
     from tasks.train import track_for
 
     if audio is None and driving_video is None:
         fail("give the new AUDIO, or --driving-video", code=2)
     settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail)
-    stream_frames_in_one_arena(settings.malloc_reuse_mb)    # before the first thread: every stage reuses frames
     storage = Storage(settings)
     try:
         resyncer = model_store.load_model(settings, model)

@@ -10,13 +10,15 @@ bounded: the pipeline holds a fixed number of chunks.
 The thresholds only govern the main arena, though. A thread other than the main one gets an arena
 of its own, made of heaps of at most 64 MB, and serves a block that does not fit one from fresh
 ``mmap`` pages whatever the threshold. The stages are such threads (decoding, tracking, the
-generator), so their frames were still faulted in page by page: 0.9 million minor faults in a 20-s
-1080p dub. ``stream_frames_in_one_arena`` gives the whole process the main arena, so every thread
-reuses freed blocks: the decoding thread's faults fell from 158,000 to under 1,000 and that dub took
-2.5-3.5 CPU-s and 0.5-2 s less (alternating runs). Small allocations keep their per-thread cache
-(tcache), so threads seldom wait on the arena's lock. It must run before any other thread has
-allocated: set later, a new thread is handed an existing thread's arena instead (glibc's
-``reused_arena``), and the generator's thread then faulted 4 times as often as with the defaults.
+generator), so their frames and activations were still faulted in page by page: 0.9 million minor
+faults in a 20-s 1080p dub. ``stream_frames_in_one_arena`` gives the whole process the main arena,
+so every thread reuses freed blocks. Small allocations keep their per-thread cache (tcache), so
+threads seldom wait on the arena's lock. It must run while the process has one thread: a library
+thread that has allocated already owns an arena, and later threads are handed the existing arenas
+in turn (glibc's ``reused_arena``). Set in the ``dub`` command, after numpy and pyarrow had started
+theirs, 300 heaps of 64 MB were still mapped and unmapped in that dub; set first thing
+(``flows.cli_start``), none, and the dub took 1.3-3 CPU-s and 0.6-1.5 s less than with the late
+setting (three alternating runs).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def reuse_large_allocations(megabytes: int) -> bool:
 
 def stream_frames_in_one_arena(megabytes: int) -> bool:
     """``reuse_large_allocations`` for every thread of this process: one arena for all. Call it
-    first thing in a process that streams frames (``resync dub``), before any other thread starts.
+    first thing in a process that streams frames (``flows.cli_start``), before any thread starts.
     Returns whether it took effect; with ``megabytes`` 0 glibc's defaults are kept."""
     mallopt = _mallopt()
     if megabytes <= 0 or mallopt is None or not bool(mallopt(M_ARENA_MAX, 1)):
