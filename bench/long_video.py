@@ -33,6 +33,9 @@ console = Console(width=140)
 # ru_maxrss reads 4 GB for a 2.5-GB dub. VmHWM belongs to the address space the exec made.
 MEASURE = """
 import resource, runpy, sys
+sys.argv = ["resync", *sys.argv[1:]]
+from flows.cli_start import prepare_process
+prepare_process(sys.argv)         # first, as the resync executable does (flows.cli_start)
 import flows.cli_common as common
 
 
@@ -53,7 +56,6 @@ def end_with_peak(code):      # resync dub ends its process without teardown: sa
 
 
 common.end_process = end_with_peak
-sys.argv = ["resync", *sys.argv[1:]]
 try:
     runpy.run_module("flows.cli", run_name="__main__")
 except SystemExit as e:
