@@ -87,7 +87,10 @@ def composite_into(frame: np.ndarray, generated: np.ndarray, crop: np.ndarray, m
     back = cv2.warpAffine(gen, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     alpha = cv2.warpAffine(soft, roi, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                            borderValue=0)
-    alpha = np.clip(alpha, 0, 1)[..., None]
+    np.clip(alpha, 0, 1, out=alpha)
     patch = frame[y0:y1, x0:x1]
-    blended = np.clip(np.rint(patch.astype(np.float32) * (1 - alpha) + back * alpha), 0, 255).astype(np.uint8)
-    np.copyto(patch, blended, where=alpha > 0)  # exactly the source where nothing was blended
+    # patch * (1 - alpha) + back * alpha, rounded half to even and saturated to uint8: the same float32
+    # operations as numpy's, in one OpenCV pass each instead of numpy's temporaries
+    blended = cv2.multiply(back, cv2.merge([alpha] * 3))
+    cv2.add(blended, cv2.multiply(patch, cv2.merge([1 - alpha] * 3), dtype=cv2.CV_32F), dst=blended)
+    np.copyto(patch, cv2.add(blended, 0.0, dtype=cv2.CV_8U), where=alpha[..., None] > 0)  # elsewhere the source, exactly
