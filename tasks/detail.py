@@ -77,12 +77,12 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
             # where the mesh carries texture its fine band replaces the generator's; the open mouth
             # (no triangles there) keeps all the generator drew, with a soft edge between the two
             hard = covered[k, :h, :w]
-            cover = np.maximum(hard, cv2.GaussianBlur(hard, (0, 0), factor))[..., None]
-            win = up[y0:y0 + h, x0:x0 + w]
-            if band < size:
-                win += cover * (low_band(up, band)[y0:y0 + h, x0:x0 + w] - win)
-            win += cover * moved[k, :h, :w]
-            out[s + k] = np.clip(up, 0, 255)
+            cover = cv2.merge([np.maximum(hard, cv2.GaussianBlur(hard, (0, 0), factor))] * 3)
+            win = up[y0:y0 + h, x0:x0 + w]     # a view: written in place, one OpenCV pass per operation
+            if band < size:                    # win += cover * (low - win)
+                cv2.add(win, cv2.multiply(cover, cv2.subtract(low_band(up, band)[y0:y0 + h, x0:x0 + w], win)), dst=win)
+            cv2.add(win, cv2.multiply(cover, moved[k, :h, :w]), dst=win)      # win += cover * moved
+            np.clip(up, 0, 255, out=out[s + k])
     big_masks = np.stack([cv2.resize(m, (d, d), interpolation=cv2.INTER_LINEAR) for m in masks])
     return out, big_masks, fine
 
