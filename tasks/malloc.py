@@ -19,12 +19,20 @@ in turn (glibc's ``reused_arena``). Set in the ``dub`` command, after numpy and 
 theirs, 300 heaps of 64 MB were still mapped and unmapped in that dub; set first thing
 (``flows.cli_start``), none, and the dub took 1.3-3 CPU-s and 0.6-1.5 s less than with the late
 setting (three alternating runs).
+
+What it costs: byte-identical outputs. x264 reads some memory it never wrote; fresh ``mmap`` pages
+are zeros, reused heap holds earlier data, so the first few dozen frames of a 1080p dub can differ
+by a grey level or two between runs of the same dub although the frames handed to the encoder are
+identical (hashed, frame by frame, 2026-12-06). glibc's M_PERTURB (every allocation filled with a
+fixed byte) makes the encodes identical, at 19% of that dub's time (35.4 -> 42.2 s), so it is not
+set; compare dubs by their decoded frames against a tolerance, not by their files' hashes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 M_TRIM_THRESHOLD = -1
@@ -58,8 +66,10 @@ def stream_frames_in_one_arena(megabytes: int) -> bool:
     return reuse_large_allocations(megabytes)
 
 
+@functools.cache
 def _mallopt():
-    """glibc's ``mallopt``, or None on a C library without it."""
+    """glibc's ``mallopt``, or None on a C library without it (looked up once: ``find_library``
+    runs ``ldconfig``)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
