@@ -79,6 +79,9 @@ def write_listings(folder: Path, videos: dict[str, tuple[Path, str]], audio: dic
 
 def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(REPO / ".work" / "prefect"))
+    # Prefect makes its home without its parents: in a fresh clone .work is not there yet, and the
+    # ephemeral API server then cannot open its database ("unable to open database file")
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     settings = Settings()
     root = Path(settings.root).resolve()
