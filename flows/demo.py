@@ -49,8 +49,10 @@ def synthesize_media(folder: Path) -> tuple[dict[str, tuple[Path, str]], dict[st
     Image.fromarray(data.astronaut()).save(png)
     video = folder / "astronaut_still_5s.mp4"
     if not video.exists():
+        # at 512 px her face is 93 px wide, under small_face_px (100): every frame would pass through
+        # unchanged. Twice the size makes it 186 px, a face the dub redraws.
         _run("ffmpeg", "-y", "-v", "error", "-loop", "1", "-i", str(png), "-t", "5", "-r", "25",
-             "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+             "-vf", "scale=1024:1024:flags=lanczos", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
     audio = {}
     for lang, (voice, text) in ESPEAK_LINES.items():
         wav = folder / f"speech_{lang}.wav"
