@@ -184,17 +184,16 @@ class VideoSource:
     # --- frames --------------------------------------------------------------------------
     def chunks(self, chunk_size: int = DEFAULT_CHUNK, start: int = 0, stop: int | None = None,
                max_side: int | None = None, chunk_mb: float = DEFAULT_CHUNK_MB,
-               buffers: FramePool | None = None, threads: int | None = None) -> Iterator[Chunk]:
+               buffers: FramePool | None = None) -> Iterator[Chunk]:
         """Frames ``start..stop`` in chunks of ``chunk_size`` (fewer for large frames: ``chunk_mb``),
-        shrunk to ``max_side`` pixels on the longer side when given; decoded into ``buffers``' when given,
-        by ``threads`` decoder threads (default: the source's)."""
+        shrunk to ``max_side`` pixels on the longer side when given; decoded into ``buffers``' when given."""
         assert self._path is not None, "use VideoSource as a context manager"
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
         if start >= stop:
             return
         w, h = scaled_size(*self.size, max_side)
         per_chunk = chunk_frames(w, h, chunk_size, chunk_mb)
-        frames = self._source_frames(int(self._source_index[start]), max_side, threads or self.threads)
+        frames = self._source_frames(int(self._source_index[start]), max_side)
         try:
             src_index, image = next(frames)
             for lo in range(start, stop, per_chunk):
@@ -210,17 +209,15 @@ class VideoSource:
         finally:
             frames.close()        # the decoder and its file close with the last chunk, or when the reader stops
 
-    def frame(self, index: int, max_side: int | None = None, threads: int | None = None) -> np.ndarray:
-        """One frame, decoded from the keyframe before it (by ``threads`` decoder threads: a frame in
-        the middle of a long group of pictures costs the decode of up to that whole group)."""
-        return next(self.chunks(1, index, index + 1, max_side, threads=threads)).frames[0]
+    def frame(self, index: int, max_side: int | None = None) -> np.ndarray:
+        return next(self.chunks(1, index, index + 1, max_side)).frames[0]
 
     def scale_of(self, max_side: int | None) -> tuple[float, float]:
         """(x, y) factors from the pixels of ``chunks(max_side=...)`` frames to the displayed frame's (>= 1)."""
         w, h = scaled_size(*self.size, max_side)
         return self.size[0] / w, self.size[1] / h
 
-    def _source_frames(self, first: int, max_side: int | None, threads: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _source_frames(self, first: int, max_side: int | None) -> Iterator[tuple[int, np.ndarray]]:
         """(source index, upright RGB frame) from ``first`` on, each index once, in order. A frame the
         decoder skips repeats the one before it, so indices always line up with the timestamps; a
         stream that fails to decode, or ends more than ``MAX_MISSING_AT_END`` frames early, is a
@@ -228,8 +225,8 @@ class VideoSource:
         n = len(self._pts)
         with av.open(self._path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-            stream.thread_count = max(1, threads)
+            stream.thread_type = "AUTO" if self.threads > 1 else "SLICE"
+            stream.thread_count = max(1, self.threads)
             if first > 0:
                 container.seek(int(self._pts[first]), stream=stream, backward=True, any_frame=False)
             w, h = scaled_size(*self.size, max_side)

@@ -63,7 +63,6 @@ def test_frames_are_ffmpegs_own_and_a_seek_lands_on_the_same_frame(shared_data):
         assert np.array_equal(frames, expected)
         for i in (0, 37, 79):                       # random access seeks, then decodes forward
             assert np.array_equal(v.frame(i), expected[i])
-            assert np.array_equal(v.frame(i, threads=2), expected[i])   # frame-threaded: the same pixels
         later = next(v.chunks(16, start=50))
         assert later.indices[0] == 50 and np.array_equal(later.frames, expected[50:66])
 
