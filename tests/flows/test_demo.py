@@ -16,7 +16,7 @@ from tasks.track import track_video
 
 def test_the_synthesized_portrait_has_a_face_large_enough_to_redraw(tmp_path):
     if not shutil.which("espeak-ng"):
-        pytest.skip("espeak-ng is not installed (make demo installs it)")
+        pytest.skip("espeak-ng is not installed here (infra/bootstrap.sh installs it with apt)")
     videos, audio = synthesize_media(tmp_path / "media")
     assert set(audio) and all(p.stat().st_size > 0 for p in audio.values())
     (video, _), = videos.values()
