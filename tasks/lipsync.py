@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -36,7 +37,7 @@ from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ReSyncer
 from tasks.decode import FramePool, VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
-from tasks.encode import encode_h264, mux_audio
+from tasks.encode import AudioEncoding, encode_h264, mux_audio
 from tasks.frame_store import FrameStore, use_directory
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
@@ -103,10 +104,11 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     audio.samples = np.empty(0, np.float32)              # planned: the output takes its sound from the file
     timings["dynamics_s"] = time.perf_counter() - t
 
-    with VideoSource(storage, video_uri, threads=settings.decode_threads) as video:
-        redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source=observer is not None)
-        workdir = tempfile.mkdtemp(prefix="resync-dub-")
-        try:
+    workdir = tempfile.mkdtemp(prefix="resync-dub-")
+    try:
+        with VideoSource(storage, video_uri, threads=settings.decode_threads) as video, \
+                encoded_audio(storage, inputs.audio_uri, workdir, duration) as sound:
+            redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source=observer is not None)
             silent, final = os.path.join(workdir, "video.mp4"), os.path.join(workdir, "dub.mp4")
             t = time.perf_counter()
             redrawn: list[int] = []
@@ -117,10 +119,10 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
                                       settings.output_preset)
             timings["redraw_wall_s"] = time.perf_counter() - t   # decode, redraw, composite, encode, overlapped
             t = time.perf_counter()
-            publish(storage, inputs.audio_uri, silent, final, output_uri, duration)
+            publish(storage, sound, silent, final, output_uri)
             timings["mux_publish_s"] = time.perf_counter() - t
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - t0
     intended = planned_marks(settings, track, plan, observer_crop) if observer else None
     rendered = sum(redrawn)
@@ -174,13 +176,24 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
             pool.put(r.chunk.frames)
 
 
-def publish(storage: Storage, audio_uri: str | None, silent: str, final: str, output_uri: str, duration: float) -> None:
-    """Mux the new audio (padded or cut to the video's duration) and publish the finished file."""
-    if audio_uri:
-        with local_path(storage, audio_uri) as audio_path:
-            mux_audio(silent, audio_path, final, duration)
-    else:
-        mux_audio(silent, None, final, duration)
+@contextmanager
+def encoded_audio(storage: Storage, audio_uri: str | None, workdir: str, seconds: float) -> Iterator[AudioEncoding | None]:
+    """The new audio (padded or cut to the video's ``seconds``) encoding beside the frames; None
+    without audio. Stopped if the dub fails first."""
+    if not audio_uri:
+        yield None
+        return
+    with local_path(storage, audio_uri) as audio_path:
+        encoding = AudioEncoding(audio_path, os.path.join(workdir, "audio.m4a"), seconds)
+        try:
+            yield encoding
+        finally:
+            encoding.stop()
+
+
+def publish(storage: Storage, sound: AudioEncoding | None, silent: str, final: str, output_uri: str) -> None:
+    """Mux the encoded audio with the video and publish the finished file."""
+    mux_audio(silent, sound.result() if sound is not None else None, final)
     storage.put_file(final, output_uri)
 
 
@@ -198,4 +211,5 @@ def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: i
     return out
 
 
-__all__ = ["DubInputs", "DubResult", "dub", "chunk_redrawer", "stream_frames", "publish", "planned_marks"]
+__all__ = ["DubInputs", "DubResult", "dub", "chunk_redrawer", "stream_frames", "encoded_audio", "publish",
+           "planned_marks"]

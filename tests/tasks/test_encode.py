@@ -6,10 +6,14 @@ only the picture into them: the padding kept whatever the allocator had there be
 
 from __future__ import annotations
 
+import subprocess
+
 import av
 import numpy as np
+import pytest
 
-from tasks.encode import video_frame
+from catalogs.errors import ErrorClass, ResyncError
+from tasks.encode import AudioEncoding, encode_h264, mux_audio, video_frame
 
 WIDTH, HEIGHT = 200, 120    # rows of 200 pixels are padded (to 208 and 112 bytes): not on x264's grid
 
@@ -39,3 +43,40 @@ def test_a_frames_planes_padding_included_do_not_depend_on_what_memory_held_befo
         planes.append([bytes(p) for p in video_frame(frames(1)[0], "yuv420p").planes])
     assert planes[0] == planes[1] == planes[2]
 
+
+
+def stream_seconds(path, kind: str) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", kind, "-show_entries", "stream=duration",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return float(out.strip())
+
+
+def test_audio_encoded_beside_the_frames_is_padded_or_cut_and_muxed_by_copy(tmp_path):
+    """The dub's sound is encoded while its frames are made (``AudioEncoding``), to the video's
+    duration: 2 s of tone padded to 3 s, or cut to 1 s; the mux then copies both streams."""
+    tone = tmp_path / "tone.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=2", str(tone)], check=True)
+    silent = tmp_path / "silent.mp4"
+    encode_h264(str(silent), frames(75), 25.0)                       # 3 s of video
+    for seconds in (3.0, 1.0):
+        encoding = AudioEncoding(str(tone), str(tmp_path / f"audio{seconds}.m4a"), seconds)
+        aac = encoding.result()
+        encoding.stop()                                              # after the result: nothing left to do
+        assert stream_seconds(aac, "a") == pytest.approx(seconds, abs=0.03)
+    out = tmp_path / "out.mp4"
+    mux_audio(str(silent), str(tmp_path / "audio3.0.m4a"), str(out))
+    assert stream_seconds(out, "a") == pytest.approx(3.0, abs=0.03) and stream_seconds(out, "v") == pytest.approx(3.0)
+
+
+def test_a_failed_audio_encode_is_a_typed_error_and_a_stopped_one_ends(tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(ResyncError) as err:
+        AudioEncoding(str(broken), str(tmp_path / "a.m4a"), 1.0).result()
+    assert err.value.error_class == ErrorClass.INTERNAL and "audio encode" in str(err.value)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=duration=120", str(tmp_path / "long.wav")],
+                   check=True)
+    running = AudioEncoding(str(tmp_path / "long.wav"), str(tmp_path / "b.m4a"), 120.0)
+    assert running._proc.poll() is None                              # 2 min of AAC: still encoding
+    running.stop()                                                   # the dub failed first
+    assert running._proc.returncode is not None
