@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -35,14 +35,14 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ReSyncer
-from tasks.decode import FramePool, VideoSource, chunk_frames, local_path
+from tasks.decode import Chunk, FramePool, VideoSource, chunk_frames, local_path
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import AudioEncoding, encode_h264, mux_audio
 from tasks.frame_store import FrameStore, use_directory
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
-from tasks.stream import ordered_map, prefetch, tap
+from tasks.stream import Prefetch, ordered_map, tap
 from tasks.track import TrackResult
 from tasks.training_data import crop_matrices, project_to_crop
 
@@ -106,15 +106,20 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
 
     workdir = tempfile.mkdtemp(prefix="resync-dub-")
     try:
-        with VideoSource(storage, video_uri, threads=settings.decode_threads) as video, \
-                encoded_audio(storage, inputs.audio_uri, workdir, duration) as sound:
+        with ExitStack() as stack:
+            video = stack.enter_context(VideoSource(storage, video_uri, threads=settings.decode_threads))
+            sound = stack.enter_context(encoded_audio(storage, inputs.audio_uri, workdir, duration))
+            # without an observer the frames are pasted in place and read last by the encoder: once it
+            # has taken a chunk's frames, its buffer is decoded into again
+            pool = FramePool() if observer is None else None
+            decoded = stack.enter_context(decoded_chunks(settings, video, pool))   # decoding starts now
             redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source=observer is not None)
             silent, final = os.path.join(workdir, "video.mp4"), os.path.join(workdir, "dub.mp4")
             t = time.perf_counter()
             redrawn: list[int] = []
             with torch_threads(redraw_workers(settings, model), model):
-                frames = stream_frames(settings, video, redrawer, redraw_workers(settings, model), observer,
-                                       progress, timings, redrawn)
+                frames = stream_frames(settings, video.n_frames, decoded, pool, redrawer,
+                                       redraw_workers(settings, model), observer, progress, timings, redrawn)
                 written = encode_h264(silent, frames, track.fps, track.timestamps, settings.output_crf,
                                       settings.output_preset)
             timings["redraw_wall_s"] = time.perf_counter() - t   # decode, redraw, composite, encode, overlapped
@@ -148,18 +153,21 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
     return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source)
 
 
-def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawer, workers: int,
-                  observer: Observer | None, progress: Callable[[int, int], None] | None,
-                  timings: dict[str, float], redrawn: list[int]) -> Iterator[np.ndarray]:
-    """Output frames in order: chunks decoded on their own thread (``settings.decode_queue`` ahead),
-    redrawn by the generator on ``workers`` threads, pasted back on another, watched by ``observer``
-    on another, handed to the encoder."""
+def decoded_chunks(settings: Settings, video: VideoSource, pool: FramePool | None) -> Prefetch[Chunk]:
+    """The decode stage: chunks decoded on their own thread, ``settings.decode_queue`` ahead of the
+    redraw, from now on (into ``pool``'s buffers when given)."""
+    return Prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb, buffers=pool),
+                    settings.decode_queue, name="decode")
+
+
+def stream_frames(settings: Settings, n_frames: int, decoded: Iterable[Chunk], pool: FramePool | None,
+                  redrawer: ChunkRedrawer, workers: int, observer: Observer | None,
+                  progress: Callable[[int, int], None] | None, timings: dict[str, float],
+                  redrawn: list[int]) -> Iterator[np.ndarray]:
+    """Output frames in order: the ``decoded`` chunks redrawn by the generator on ``workers``
+    threads, pasted back on another, watched by ``observer`` on another, handed to the encoder;
+    a chunk's buffer goes back to ``pool`` once the encoder has its frames."""
     timings.update(redraw_s=0.0, render_s=0.0, composite_s=0.0)
-    # without an observer the frames are pasted in place and read last by the encoder: once it has
-    # taken a chunk's frames, its buffer is decoded into again
-    pool = FramePool() if observer is None and not redrawer.keep_source else None
-    decoded = prefetch(video.chunks(settings.decode_chunk, chunk_mb=settings.decode_chunk_mb, buffers=pool),
-                       settings.decode_queue, name="decode")
     generated = ordered_map(redrawer.generate, decoded, workers, name="redraw")
     done: Iterable[RedrawnChunk] = ordered_map(redrawer.composite, generated, settings.composite_workers,
                                                name="composite")
@@ -170,7 +178,7 @@ def stream_frames(settings: Settings, video: VideoSource, redrawer: ChunkRedrawe
             timings[key] += v
         redrawn.append(r.rendered)
         if progress:
-            progress(int(r.chunk.indices[-1]) + 1, video.n_frames)
+            progress(int(r.chunk.indices[-1]) + 1, n_frames)
         yield from r.frames
         if pool is not None and r.frames is r.chunk.frames:
             pool.put(r.chunk.frames)
@@ -211,5 +219,5 @@ def planned_marks(settings: Settings, track: TrackResult, plan: DubPlan, crop: i
     return out
 
 
-__all__ = ["DubInputs", "DubResult", "dub", "chunk_redrawer", "stream_frames", "encoded_audio", "publish",
+__all__ = ["DubInputs", "DubResult", "dub", "chunk_redrawer", "decoded_chunks", "stream_frames", "encoded_audio", "publish",
            "planned_marks"]

@@ -25,50 +25,76 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
-    """Iterate ``items`` on a background thread, at most ``depth`` results ahead of the consumer.
+class Prefetch(Iterator[T]):
+    """``items`` iterated on a background thread from the moment this is made, at most ``depth``
+    results ahead of the consumer: work the consumer is not ready for yet (the dub's first chunks
+    decode while its style reference is decoded) already runs. Use as a context manager: leaving
+    it, iterated to the end or not, stops the producer at its next item and waits for it.
 
-    An exception in the producer is raised in the consumer at the point it happened; a consumer
-    that stops early (or fails) stops the producer at its next item.
-    """
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+    An exception in the producer is raised in the consumer at the point it happened."""
 
-    def put(value: object) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterable[T], depth: int = 2, name: str = "prefetch") -> None:
+        self._items = items
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._ended = False
+        self._worker = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._worker.start()
+
+    def _put(self, value: object) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(value, timeout=0.1)
+                self._queue.put(value, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in items:
-                if not put(item):
+            for item in self._items:
+                if not self._put(item):
                     return
-            put(_DONE)
+            self._put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(_Failure(e))
+            self._put(_Failure(e))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while True:
-            value = q.get()
-            if value is _DONE:
-                return
-            if isinstance(value, _Failure):
-                raise value.error
-            yield value
-    finally:
-        stop.set()
-        worker.join()
+    def __iter__(self) -> "Prefetch[T]":
+        return self
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        value = self._queue.get()
+        if value is _DONE:
+            self._ended = True
+            raise StopIteration
+        if isinstance(value, _Failure):
+            self._ended = True
+            raise value.error
+        return value
+
+    def close(self) -> None:
+        self._ended = True
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> "Prefetch[T]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefetch(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
+    """``Prefetch`` for a loop: the thread starts with the first item asked for and stops when the
+    loop ends or leaves early."""
+    with Prefetch(items, depth, name) as ahead:
+        yield from ahead
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, name: str = "map") -> Iterator[R]:

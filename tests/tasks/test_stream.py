@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.stream import ordered_map, prefetch, tap
+from tasks.stream import Prefetch, ordered_map, prefetch, tap
 
 
 def counting(n: int, taken: list[int]):
@@ -54,6 +54,32 @@ def test_prefetch_stops_its_producer_when_the_consumer_stops():
         if item == 3:
             break
     assert closed.wait(5)
+
+
+def test_prefetch_object_works_ahead_before_the_first_item_is_asked_for():
+    """The dub makes its decode stage before it decodes the style reference: chunks are decoded
+    meanwhile, at most ``depth`` ahead; leaving the block unread stops the producer."""
+    taken: list[int] = []
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                taken.append(i)
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    with Prefetch(endless(), depth=2) as ahead:
+        deadline = time.monotonic() + 5
+        while len(taken) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(taken) == 3            # the queue's 2 and the one waiting to go in, nothing asked for yet
+    assert closed.wait(5)
+    assert list(ahead) == []              # closed: nothing more comes out
 
 
 def test_ordered_map_keeps_input_order_with_workers_out_of_order():
