@@ -111,9 +111,10 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
             sound = stack.enter_context(encoded_audio(storage, inputs.audio_uri, workdir, duration))
             # without an observer the frames are pasted in place and read last by the encoder: once it
             # has taken a chunk's frames, its buffer is decoded into again
-            pool = FramePool() if observer is None else None
+            keep_source = observer is not None
+            pool = None if keep_source else FramePool()
             decoded = stack.enter_context(decoded_chunks(settings, video, pool))   # decoding starts now
-            redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source=observer is not None)
+            redrawer = chunk_redrawer(settings, model, track, plan, inputs, video, keep_source)
             silent, final = os.path.join(workdir, "video.mp4"), os.path.join(workdir, "dub.mp4")
             t = time.perf_counter()
             redrawn: list[int] = []

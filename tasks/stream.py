@@ -90,13 +90,6 @@ class Prefetch(Iterator[T]):
         self.close()
 
 
-def prefetch(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
-    """``Prefetch`` for a loop: the thread starts with the first item asked for and stops when the
-    loop ends or leaves early."""
-    with Prefetch(items, depth, name) as ahead:
-        yield from ahead
-
-
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, name: str = "map") -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads, results in input order. At most ``workers + 1``
     items are taken at a time (one queued behind the busy workers while the consumer handles the

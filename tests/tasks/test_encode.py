@@ -44,7 +44,6 @@ def test_a_frames_planes_padding_included_do_not_depend_on_what_memory_held_befo
     assert planes[0] == planes[1] == planes[2]
 
 
-
 def stream_seconds(path, kind: str) -> float:
     out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", kind, "-show_entries", "stream=duration",
                           "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout

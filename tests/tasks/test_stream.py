@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tasks.stream import Prefetch, ordered_map, prefetch, tap
+from tasks.stream import Prefetch, ordered_map, tap
 
 
 def counting(n: int, taken: list[int]):
@@ -19,10 +19,11 @@ def counting(n: int, taken: list[int]):
 def test_prefetch_keeps_order_and_runs_at_most_depth_ahead():
     taken: list[int] = []
     seen = []
-    for item in prefetch(counting(20, taken), depth=2):
-        time.sleep(0.01)                     # a slow consumer: the producer must wait for it
-        seen.append(item)
-        assert len(taken) - len(seen) <= 3   # the queue's 2, plus the one produced and waiting to go in
+    with Prefetch(counting(20, taken), depth=2) as ahead:
+        for item in ahead:
+            time.sleep(0.01)                     # a slow consumer: the producer must wait for it
+            seen.append(item)
+            assert len(taken) - len(seen) <= 3   # the queue's 2, plus the one produced and waiting to go in
     assert seen == list(range(20))
 
 
@@ -33,8 +34,9 @@ def test_prefetch_raises_the_producers_error_where_it_happened():
 
     got = []
     with pytest.raises(ValueError, match="frame 2"):
-        for item in prefetch(failing()):
-            got.append(item)
+        with Prefetch(failing()) as ahead:
+            for item in ahead:
+                got.append(item)
     assert got == [1]
 
 
@@ -50,9 +52,10 @@ def test_prefetch_stops_its_producer_when_the_consumer_stops():
         finally:
             closed.set()
 
-    for item in prefetch(endless(), depth=1):
-        if item == 3:
-            break
+    with Prefetch(endless(), depth=1) as ahead:
+        for item in ahead:
+            if item == 3:
+                break
     assert closed.wait(5)
 
 
