@@ -203,7 +203,7 @@ def track_segments(storage: Storage, settings: Settings, uri: str, n: int,
             with VideoSource(storage, uri, threads=settings.decode_threads) as video:
                 start = max(bounds[k] - 1, 0)    # the frame before a segment primes its cut detector
                 pool = FramePool(capacity=1)     # the tracker keeps no frame: one chunk buffer, decoded into again
-                for chunk in video.chunks(settings.decode_chunk, start, bounds[k + 1], side, settings.decode_chunk_mb,
+                for chunk in video.chunks(settings.tracking_chunk, start, bounds[k + 1], side, settings.decode_chunk_mb,
                                           buffers=pool):
                     for i, frame in zip(chunk.indices, chunk.frames):
                         if i < bounds[k]:

@@ -226,6 +226,18 @@ def test_segments_tracked_at_once_join_into_the_same_tracks(shared_data, tmp_pat
     assert r.cut_frames == [50] and len([t for t in r.tracks if t.frames >= 40]) == 2
 
 
+def test_tracker_chunk_size_changes_nothing_it_finds(shared_data):
+    """The tracker's decoder hands frames over a few at a time (``tracking_chunk``): chunk edges,
+    segment edges and the frame that primes a segment's cut detector fall anywhere, and the landmarks
+    are exactly those of large chunks."""
+    clip = str(shared_data / "videos" / "speaker_map_5s.mp4")
+    large = track_video(STORAGE, Settings(tracking_segments=2, min_segment_frames=20, tracking_chunk=64), clip)
+    small = track_video(STORAGE, Settings(tracking_segments=2, min_segment_frames=20, tracking_chunk=3), clip)
+    assert small.valid.sum() > 100 and np.array_equal(small.valid, large.valid)
+    assert np.array_equal(small.smoothed, large.smoothed, equal_nan=True)
+    assert small.cut_frames == large.cut_frames
+
+
 def test_track_spans_summarise_shots_as_whole_video_arrays_did():
     """Each face track is held over its own frames only (a video of many shots has many tracks),
     its landmarks on disk and two numbers a frame in memory; presence, size and the lagged speech
