@@ -34,7 +34,7 @@ from catalogs.probe import VideoProbe, probe_video
 from catalogs.storage import Storage, is_s3
 
 DEFAULT_CHUNK = 64
-DEFAULT_CHUNK_MB = 96.0
+DEFAULT_CHUNK_MB = 48.0
 MAX_MISSING_AT_END = 2       # frames a decoder may leave out at the end before the file counts as broken
 
 

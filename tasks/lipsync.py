@@ -148,7 +148,7 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
         ref = warp_crop(video.frame(r), plan.mats[r], model.size)
     codes = model.reference_codes(to_tensor(ref[None])[0])
     texture = (ref, inputs.reference_vertices) if plan.whole_face and inputs.reference_vertices is not None else None
-    # the compiled generator pads every call to its batch: make it the chunk's length, so the 16-frame
+    # the compiled generator pads every call to its batch: make it the chunk's length, so the 8-frame
     # chunks of 1080p do not pay for 64
     batch = chunk_frames(*video.size, settings.decode_chunk, settings.decode_chunk_mb)
     return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source)

@@ -1,7 +1,7 @@
 """glibc's allocator, tuned for a process that streams large frames.
 
 By default glibc serves every allocation above 32 MB-ish (its dynamic mmap threshold) from fresh
-``mmap`` pages and returns them on free, so each 96 MB chunk of 1080p frames, and each full-frame
+``mmap`` pages and returns them on free, so each chunk of 1080p frames (tens of MB), and each full-frame
 copy, costs page faults on every use: 9-11 s of kernel time in a 10-s 1080p dub on this machine.
 Raising the mmap and trim thresholds keeps those blocks in the heap for the next chunk to reuse
 (the dub of vlog_woman_vertical_10s: 26.2 -> 22.8 s, peak RSS 2.9 -> 2.6 GB). Peak memory stays

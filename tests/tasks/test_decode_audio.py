@@ -84,10 +84,11 @@ def test_one_frame_decoded_past_unreferenced_b_frames_is_the_streams_frame(share
 def test_shrunk_frames_and_chunks_capped_in_megabytes(shared_data):
     path = shared_data / "videos" / "vlog_woman_vertical_10s.mp4"      # 1080 x 1920
     with VideoSource(STORAGE, str(path)) as v:
-        chunk = next(v.chunks(64, max_side=960))
+        chunk = next(v.chunks(64, max_side=960, chunk_mb=100))
         assert chunk.frames.shape == (64, 960, 540, 3) and v.scale_of(960) == (2.0, 2.0)
         small = ffmpeg_frames(path, 540, 960, 4, "scale=540:960:flags=area")
         assert np.abs(chunk.frames[:4].astype(int) - small).mean() < 2.0   # FFmpeg's area scaler, to rounding
+        assert next(v.chunks(64, max_side=960)).frames.shape[0] == 32   # 1.5 MB frames in the default 48 MB
         full = next(v.chunks(64, chunk_mb=50))
         assert full.frames.shape == (8, 1920, 1080, 3)          # 8 frames of 6 MB fit in 50 MB, 64 would not
 
