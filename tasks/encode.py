@@ -28,25 +28,14 @@ def video_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     limited range, as swscale's default, which the encoder would otherwise run): 1 ms a 1080p frame
     against swscale's 3 ms, on the thread that encodes. Other formats are left to swscale.
 
-    Every byte of the 4:2:0 planes is written, the alignment padding at the end of each row included
-    (the last column repeated; a 1080-wide frame's rows are 1088 bytes), so what the encoder is handed
-    is a function of the frame alone and never of what the allocator left there. (x264 does read
-    memory it never wrote: with glibc's M_PERTURB the same frames encode identically run after run,
-    without it the first few dozen frames of a dub differ by a grey level or two. That memory is
-    x264's own, which this does not reach; see ``tasks.malloc``.)"""
+    The frame wraps OpenCV's I420 buffer itself (Y, U and V planes back to back, rows without
+    padding), so nothing is copied into frame memory of its own: x264 copies the picture into its
+    own frames when it is handed one and reads only the visible width of each row, and the
+    bitstream is the same as from a copy into padded planes (checked byte for byte with glibc's
+    M_PERTURB, which makes x264's own uninitialised reads repeatable; see ``tasks.malloc``)."""
     if pix_fmt == "yuv420p":
-        h, w = rgb.shape[:2]
-        i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420).reshape(-1)
-        frame = av.VideoFrame(w, h, "yuv420p")
-        quarter = (h // 2) * (w // 2)
-        planes = (i420[:h * w].reshape(h, w), i420[h * w:h * w + quarter].reshape(h // 2, w // 2),
-                  i420[h * w + quarter:].reshape(h // 2, w // 2))
-        for plane, data in zip(frame.planes, planes):
-            rows, width = data.shape
-            dst = np.frombuffer(plane, np.uint8)[:rows * plane.line_size].reshape(rows, plane.line_size)  # its own memory
-            dst[:, :width] = data
-            dst[:, width:] = data[:, -1:]      # the padding: the last column repeated
-        return frame
+        i420 = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+        return av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
     return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
 

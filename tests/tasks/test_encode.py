@@ -1,14 +1,18 @@
-"""What the encoder is handed is a function of the frame alone, the rows' alignment padding included.
+"""What the encoder is handed is a function of the frame alone.
 
-PyAV allocates a frame's planes with rows padded for alignment (200 pixels -> 208 bytes) and copies
-only the picture into them: the padding kept whatever the allocator had there before.
+PyAV allocates a frame's own planes with rows padded for alignment (200 pixels -> 208 bytes), and
+the padding keeps whatever the allocator had there before. The frames we encode wrap OpenCV's I420
+buffer instead, rows without padding; the tests fill freed memory first to show that nothing of it
+reaches the encoder.
 """
 
 from __future__ import annotations
 
+import gc
 import subprocess
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -42,6 +46,21 @@ def test_a_frames_planes_padding_included_do_not_depend_on_what_memory_held_befo
         leave_in_freed_memory(value)
         planes.append([bytes(p) for p in video_frame(frames(1)[0], "yuv420p").planes])
     assert planes[0] == planes[1] == planes[2]
+
+
+def test_a_frame_holds_its_i420_planes_after_the_converters_buffer_is_gone():
+    """The frame wraps OpenCV's I420 buffer without a copy: its planes are that buffer's Y, U and V,
+    still there when nothing else refers to the buffer and freed memory has been written over."""
+    rgb = frames(1)[0]
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1)
+    frame = video_frame(rgb.copy(), "yuv420p")
+    gc.collect()
+    leave_in_freed_memory(255)
+    quarter = (HEIGHT // 2) * (WIDTH // 2)
+    y, u, v = (bytes(p) for p in frame.planes)
+    assert [p.line_size for p in frame.planes] == [WIDTH, WIDTH // 2, WIDTH // 2]
+    assert y == i420[:HEIGHT * WIDTH].tobytes()
+    assert u == i420[HEIGHT * WIDTH:HEIGHT * WIDTH + quarter].tobytes() and v == i420[HEIGHT * WIDTH + quarter:].tobytes()
 
 
 def stream_seconds(path, kind: str) -> float:
