@@ -16,19 +16,21 @@ from typing import Sequence
 from pydantic import ValidationError
 
 from catalogs.settings import Settings
-from tasks.malloc import stream_frames_in_one_arena
+from tasks.malloc import numpy_huge_pages, stream_frames_in_one_arena
 
 FRAME_COMMANDS = ("dub", "track")
 
 
 def prepare_process(argv: Sequence[str]) -> bool:
     """For a frame-streaming command (``argv[1]``), one allocator arena with large blocks kept for
-    reuse (``Settings.malloc_reuse_mb``). Returns whether it took effect. Settings that do not
+    reuse (``Settings.malloc_reuse_mb``), and numpy's arrays on ordinary pages unless
+    ``Settings.numpy_huge_pages``. Returns whether the arena took effect. Settings that do not
     validate are left for the command to report."""
     if len(argv) < 2 or argv[1] not in FRAME_COMMANDS:
         return False
     try:
-        megabytes = Settings().malloc_reuse_mb
+        settings = Settings()
     except ValidationError:
         return False
-    return stream_frames_in_one_arena(megabytes)
+    numpy_huge_pages(settings.numpy_huge_pages)
+    return stream_frames_in_one_arena(settings.malloc_reuse_mb)
