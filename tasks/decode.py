@@ -31,10 +31,11 @@ import numpy as np
 
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.probe import VideoProbe, probe_video
+from catalogs.settings import Settings
 from catalogs.storage import Storage, is_s3
 
-DEFAULT_CHUNK = 64
-DEFAULT_CHUNK_MB = 48.0
+DEFAULT_CHUNK: int = Settings.model_fields["decode_chunk"].default            # one place: the settings' defaults
+DEFAULT_CHUNK_MB: float = Settings.model_fields["decode_chunk_mb"].default
 MAX_MISSING_AT_END = 2       # frames a decoder may leave out at the end before the file counts as broken
 
 
