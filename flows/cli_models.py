@@ -197,6 +197,49 @@ def train_base(
     _report(summary, output, model.version)
 
 
+@model_app.command("ensemble")
+def ensemble(
+    members: list[str] = typer.Argument(..., help="Model folders whose Style-SyncFormers join the base's (each from "
+                                        "`train-base --resume BASE --fresh-syncformer --generator-seconds 0 --seed N`)."),
+    base: str = typer.Option(..., "--base", help="Model folder whose generator and Style-SyncFormer(s) the result keeps."),
+    output: str = typer.Option(..., "-o", "--output", help="Folder to write the assembled base to."),
+    listing: Optional[str] = typer.Option(None, "--listing", help="The base's training listing: every member and "
+                                          "their average are scored on its held-out speakers (the recipe's split)."),
+    weights_dtype: str = typer.Option("float16", "--weights-dtype", help="Precision the weights are stored at "
+                                      "(float16 or float32); they always run in float32."),
+    audio_features: Optional[str] = FeaturesOpt,
+    root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
+) -> None:
+    """Assemble a base whose Style-SyncFormer averages several trained apart (their mean prediction reads
+    the mouth better than any one of them on people none was trained on)."""
+    import shlex
+    import sys
+
+    from catalogs.listing import labelled_videos
+    from tasks import model_store
+    from tasks.ensemble import ensemble_base, ensemble_card
+
+    if weights_dtype not in ("float16", "float32"):
+        fail(f"--weights-dtype must be float16 or float32, not {weights_dtype!r}", code=2)
+    settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
+    try:
+        uris, speakers = labelled_videos(storage, listing) if listing else (None, None)
+        start = model_store.load_model(settings, base)
+        parts = [model_store.load_model(settings, m) for m in members]
+        model, summary = ensemble_base(storage, settings, start, parts, output, features, cache, uris, speakers,
+                                       weights_dtype, say=console.print)
+    except (ResyncError, ValueError) as e:
+        fail(str(e))
+    command = "resync " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    Path(output, "MODEL_CARD.md").write_text(ensemble_card(model, summary, command))
+    t = Table(title=f"model {model.version} in {output}: held-out speakers {', '.join(summary.get('held_out_speakers', []))}")
+    for col in ("Style-SyncFormer", "opening concordance", "opening corr", "vertex error"):
+        t.add_column(col)
+    for name, sc in summary.get("scores", {}).items():
+        t.add_row(name, f"{sc['opening_ccc']:.3f}", f"{sc['opening_corr']:.3f}", f"{sc['vertex']:.4g}")
+    out.print(t)
+
+
 @model_app.command("finetune")
 def finetune(
     videos: list[str] = typer.Argument(..., help="Footage of one speaker (local paths or s3:// URIs)."),

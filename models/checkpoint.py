@@ -67,7 +67,9 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         raise CheckpointError(f"{folder} is not a checkpoint: it needs {WEIGHTS} and {CONFIG}")
     with open(weights, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"\x80\x02" or head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    # safetensors opens with its header's length (8 bytes, little-endian) and then the JSON header;
+    # a length whose low byte is 0x80 is not a pickle's opcode, so the header's "{" decides
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise CheckpointError(f"{weights} is a pickle/torch.save file; only safetensors weights are loaded")
     try:
         tensors = load_file(str(weights))

@@ -27,6 +27,7 @@ class SyncFormerConfig:
     lip_weight: float = 5.0       # extra weight of lip vertices in the vertex loss
     velocity_weight: float = 0.5
     max_frames: int = 512         # longest sequence in one forward pass (longer audio is windowed)
+    members: int = 1              # Style-SyncFormers trained apart and averaged (models.syncformer.SyncFormerEnsemble)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class ModelConfig:
     syncformer: SyncFormerConfig
     generator: GeneratorConfig
     discriminator: DiscriminatorConfig
+    # The dtype tensors are stored in. float16 halves a checkpoint (the bundled base's three
+    # Style-SyncFormers fit the 20 MB budget that way); they load into float32 parameters, and the
+    # rounding moves the generator's output by about 0.01 grey levels on average.
+    weights_dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +69,8 @@ class ModelConfig:
         g["channels"], dc["channels"] = ints(g["channels"]), ints(dc["channels"])
         if "audio_offsets" in sf:
             sf["audio_offsets"] = tuple(int(o) for o in sf["audio_offsets"])
-        return ModelConfig(d["name"], SyncFormerConfig(**sf), GeneratorConfig(**g), DiscriminatorConfig(**dc))
+        return ModelConfig(d["name"], SyncFormerConfig(**sf), GeneratorConfig(**g), DiscriminatorConfig(**dc),
+                           d.get("weights_dtype", "float32"))
 
 
 # -80..+160 ms around the frame at 50 Hz (Whisper). A SyncFormer pooled over the shared clips and

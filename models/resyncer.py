@@ -28,7 +28,7 @@ from models.config import ModelConfig, get_config
 from models.discriminator import Discriminator
 from models.generator import Generator
 from models.precision import autocast
-from models.syncformer import StyleSyncFormer
+from models.syncformer import build_syncformer
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ReSyncer(nn.Module):
         super().__init__()
         self.config = config
         self.card = card or ModelCard()
-        self.syncformer = StyleSyncFormer(config.syncformer)
+        self.syncformer = build_syncformer(config.syncformer)
         self.generator = Generator(config.generator)
         self.discriminator = Discriminator(config.discriminator)
         self.version: str | None = None
@@ -194,6 +194,8 @@ class ReSyncer(nn.Module):
         tensors |= {f"generator.{k}": v for k, v in self.generator.state_dict().items()}
         if include_discriminator:
             tensors |= {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
+        dtype = getattr(torch, self.config.weights_dtype)
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         self.version = save_checkpoint(folder, tensors, self.config.to_dict(), metadata=self.card.__dict__)
         return self.version
 

@@ -136,6 +136,9 @@ class TrainingPlan:
         jaw_share=JAW_SHARE))
     seed: int = 0
     val_speaker_share: float = VAL_SPEAKER_SHARE  # footage share of whole speakers held out (0: the end of every clip)
+    # Which speakers are held out does not follow ``seed``: models trained with other seeds (the
+    # members of a Style-SyncFormer ensemble) are selected on the same people, none trained on them.
+    split_seed: int = 0
 
     def with_budgets(self, syncformer_s: float | None, generator_s: float | None) -> "TrainingPlan":
         """Time budgets in seconds (None keeps the recipe's); 0 leaves that part as it is: no step
@@ -286,7 +289,7 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         say(f"prepared {k + 1}/{len(uris)}: {Path(u).name} ({len(clip.clip)} usable frames)")
     if not clips:
         raise ValueError("none of the videos could be prepared for training")
-    held = hold_out_speakers(clips, plan.val_speaker_share, plan.seed)
+    held = hold_out_speakers(clips, plan.val_speaker_share, plan.split_seed)
     say(f"prepared {len(clips)} clips in {time.monotonic() - start:.0f} s; validation: "
         + (f"{len(held)} held-out speakers ({', '.join(held)})" if held else f"the last {plan.generator.val_fraction:.0%} of every clip"))
     summary = fit(model, clips, plan, set_normalization=resume is None or fresh_syncformer, say=say,

@@ -245,3 +245,17 @@ def test_expert_sync_loss_reads_the_experts_measures_and_steers_syncformer_train
                                                                            sync_weight=weight), sync_loss=loss)
         trained[weight] = model.head.weight.detach().clone()
     assert not torch.equal(trained[0.0], trained[1.0])
+
+
+def test_a_safetensors_header_whose_length_reads_like_a_pickle_opcode_loads(tmp_path):
+    """safetensors opens with its header's length; one whose low byte is 0x80 (a pickle's first
+    opcode) is still safetensors and loads, and a real pickle is still refused."""
+    for n in range(300):
+        folder = tmp_path / f"m{n}"
+        version = save_checkpoint(folder, {"w" * (n + 1): torch.ones(3)}, {"a": 1})
+        if (folder / "model.safetensors").read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no tensor name gave a header length ending in 0x80")
+    tensors, _, loaded = load_checkpoint(folder)
+    assert loaded == version and torch.equal(next(iter(tensors.values())), torch.ones(3))

@@ -187,3 +187,33 @@ print(sorted(m for m in sys.modules if m.startswith(("torch._inductor", "torch._
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_an_ensemble_predicts_its_members_mean_and_stores_at_half_precision(tmp_path):
+    """Three Style-SyncFormers averaged: the style code is theirs side by side, the displacements the
+    mean of what each predicts from its own code; a float16 checkpoint loads into float32 weights
+    that differ from the saved ones by float16's rounding only."""
+    from models.syncformer import SyncFormerEnsemble
+
+    parts = [small(seed) for seed in (0, 1, 2)]
+    cfg = replace(parts[0].config, syncformer=replace(parts[0].config.syncformer, members=3), weights_dtype="float16")
+    model = ReSyncer(cfg, ModelCard(audio_features="logmel-test")).eval()
+    assert isinstance(model.syncformer, SyncFormerEnsemble)
+    for dst, src in zip(model.syncformer.members, parts):
+        dst.load_state_dict(src.syncformer.state_dict())
+    ref, audio = torch.randn(50, 478, 3) * 0.01, torch.randn(20, 16)
+    style = model.style_code(ref)
+    assert style.shape == (3 * cfg.syncformer.style_dim,)
+    own = torch.stack([p.displacements(audio, p.style_code(ref)) for p in parts])
+    assert torch.allclose(model.displacements(audio, style), own.mean(0), atol=1e-6)
+    assert not torch.allclose(own[0], own[1])          # the members do differ
+
+    model.save(tmp_path / "m", include_discriminator=False)
+    from safetensors.torch import load_file
+    stored = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    loaded = ReSyncer.load(tmp_path / "m")
+    assert loaded.config == cfg and all(p.dtype == torch.float32 for p in loaded.parameters())
+    for (k, a), b in zip(model.syncformer.state_dict().items(), loaded.syncformer.state_dict().values()):
+        assert torch.equal(a.half().float(), b), k
+    assert torch.allclose(loaded.displacements(audio, loaded.style_code(ref)), own.mean(0), atol=1e-3)

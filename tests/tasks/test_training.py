@@ -347,3 +347,23 @@ def test_the_generator_trains_and_is_scored_under_a_dubs_widened_masks(clip):
     sync = {"steps": 0, "seconds": 0.0, "val_vertex_start": 1e-3, "val_vertex_best": 1e-3}
     card = model_card(model, {"syncformer": sync, "generator": gen, "wall_s": 1.0}, "test")
     assert "masked as a dub masks it" in card and f"{gen['val_own_mask_psnr_best']:.2f}" in card
+
+
+def test_the_held_out_speakers_do_not_follow_the_training_seed(clip, media_env, tmp_path):
+    """Members of an ensemble train with other seeds and must be selected on the same people."""
+    from tasks.train import held_out_speakers
+
+    settings, storage, features, uri, _ = clip
+    _, _, data, _ = media_env
+    uris = [uri, str(data / "videos" / "speaker_glasses_5s.mp4")]
+    frames = {"map": 1, "glasses": 1}
+    seed = next(s for s in range(1, 50) if held_out_speakers(frames, 0.3, s) != held_out_speakers(frames, 0.3, 0))
+    held = []
+    for s in (0, seed):
+        plan = TrainingPlan(syncformer=SyncFormerTraining(steps=1, eval_every=1),
+                            generator=GeneratorTraining(steps=0, eval_every=1, max_eval_frames=8), val_speaker_share=0.3)
+        plan.seed = plan.syncformer.seed = plan.generator.seed = s
+        _, summary = train_base(storage, settings, uris, tmp_path / f"s{s}", features, plan=plan,
+                                speakers=["map", "glasses"])
+        held.append(summary["holdout"]["speakers"])
+    assert held[0] == held[1]
