@@ -45,7 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +60,7 @@ from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.renderer import mouth_mask
 from models.resyncer import ReSyncer
+from models.syncformer import StyleSyncFormer
 from models.sync_expert import SyncExpert
 from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
@@ -311,7 +312,8 @@ def cross_validate(clips: list[PreparedClip], speakers: list[str], tracks: list,
 
     for f, held in enumerate(speaker_folds(speakers, folds)):
         train = [j for j, s in enumerate(speakers) if s not in held]
-        model = ReSyncer(base.config, base.card).syncformer
+        # one Style-SyncFormer of the recipe (an ensemble base's members are each trained this way)
+        model = StyleSyncFormer(replace(base.config.syncformer, members=1))
         # the training speakers' own clips pick the weights (time split): nothing scored selects them
         train_syncformer(model, sequences([clips[j] for j in train]), torch.from_numpy(LIPS),
                          SyncFormerTraining(steps=5000, time_budget_s=seconds, eval_every=50, patience=6,

@@ -109,7 +109,12 @@ def ensemble_card(model: ReSyncer, summary: dict, command: str) -> str:
     """The assembled model's card: its members and how each, and their average, does held out."""
     rows = "".join(f"| {name} | {s['opening_ccc']:.3f} | {s['opening_corr']:.3f} | {s['vertex']:.4g} |\n"
                    for name, s in summary.get("scores", {}).items())
-    held = ", ".join(summary.get("held_out_speakers", [])) or "not measured"
+    held = ", ".join(summary.get("held_out_speakers", []))
+    scores = (f"""## Held-out speakers ({held})
+
+| Style-SyncFormer | mouth-opening concordance | mouth-opening correlation | lip-weighted vertex error |
+|---|---|---|---|
+{rows}""" if rows else "Not scored on held-out speakers (assembled without a `--listing`).\n")
     return f"""# ReSyncer base model `{model.version}` ({model.config.name} configuration, {model.config.syncformer.members} Style-SyncFormers averaged)
 
 - Generator of `{model.card.parent}`; Style-SyncFormers of {", ".join(f"`{v}`" for v in summary["members"])}
@@ -117,11 +122,7 @@ def ensemble_card(model: ReSyncer, summary: dict, command: str) -> str:
 - Audio features `{model.card.audio_features}`; weights stored as {model.config.weights_dtype}.
 - Assembled with: `{command}`
 
-## Held-out speakers ({held})
-
-| Style-SyncFormer | mouth-opening concordance | mouth-opening correlation | lip-weighted vertex error |
-|---|---|---|---|
-{rows}"""
+{scores}"""
 
 
 __all__ = ["ensemble_base", "ensemble_card", "ensemble_model", "held_out_scores", "single_syncformers"]

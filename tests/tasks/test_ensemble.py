@@ -60,3 +60,24 @@ def test_an_assembled_base_is_scored_on_the_held_out_speakers_and_saved_at_half_
         assert torch.equal(loaded.generator.state_dict()[k], v.half().float()), k
     card = ensemble_card(loaded, summary, "resync model ensemble test")
     assert "| average |" in card and summary["held_out_speakers"][0] in card
+
+
+def test_the_ensemble_command_writes_a_base_and_its_card(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for seed in (0, 1):
+        model_reading("whisper-test", seed).save(tmp_path / f"m{seed}", include_discriminator=False)
+    runner = CliRunner()
+    r = runner.invoke(app, ["model", "ensemble", str(tmp_path / "m1"), "--base", str(tmp_path / "m0"),
+                            "-o", str(tmp_path / "ens"), "--weights-dtype", "float32", "--root", str(tmp_path / "root")])
+    assert r.exit_code == 0, r.output
+    loaded = ReSyncer.load(tmp_path / "ens")
+    assert loaded.config.syncformer.members == 2 and loaded.config.weights_dtype == "float32"
+    card = (tmp_path / "ens" / "MODEL_CARD.md").read_text()
+    assert "Assembled with" in card and "Not scored on held-out speakers" in card
+    r = runner.invoke(app, ["model", "ensemble", str(tmp_path / "m1"), "--base", str(tmp_path / "m0"),
+                            "-o", str(tmp_path / "bad"), "--weights-dtype", "int8", "--root", str(tmp_path / "root")])
+    assert r.exit_code == 2 and "float16 or float32" in r.output
+    assert not (tmp_path / "bad").exists()
