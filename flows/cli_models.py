@@ -210,8 +210,8 @@ def ensemble(
     audio_features: Optional[str] = FeaturesOpt,
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
 ) -> None:
-    """Assemble a base whose Style-SyncFormer averages several trained apart (their mean prediction reads
-    the mouth better than any one of them on people none was trained on)."""
+    """Assemble a base whose Style-SyncFormer averages several trained apart (on the base's held-out
+    speakers their mean prediction reads the mouth better than any one of them)."""
     import shlex
     import sys
 
