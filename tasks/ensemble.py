@@ -17,14 +17,13 @@ from typing import Callable
 
 import torch
 
-from catalogs.errors import ResyncError
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ModelCard, ReSyncer
 from models.syncformer import StyleSyncFormer, SyncFormerEnsemble
 from models.train_syncformer import evaluate, split
-from tasks.train import BASE_HOLDOUT, MOUTH, TrainingPlan, _lips, hold_out_speakers, prepare_clip, sequences
+from tasks.train import BASE_HOLDOUT, MOUTH, TrainingPlan, _lips, hold_out_speakers, prepare_labelled_clips, sequences
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,7 @@ def ensemble_model(base: ReSyncer, members: list[ReSyncer], weights_dtype: str =
                      metrics={"syncformer_members": [m.version for m in (base, *members)]})
     model = ReSyncer(config, card)
     model.generator.load_state_dict(base.generator.state_dict())
-    targets = model.syncformer.members if len(singles) > 1 else [model.syncformer]
-    for dst, src in zip(targets, singles):
+    for dst, src in zip(single_syncformers(model), singles):
         dst.load_state_dict(src.state_dict())
     return model.eval()
 
@@ -64,16 +62,7 @@ def held_out_scores(storage: Storage, settings: Settings, model: ReSyncer, uris:
                     features: AudioFeatures, cache: FeatureCache | None, say: Callable[[str], None] = log.info) -> dict:
     """Mouth-opening concordance / correlation and vertex error of every member and of their average
     on the speakers the base recipe holds out (the same people every member was selected on)."""
-    clips = []
-    for u, s in zip(uris, speakers):
-        try:
-            clip = prepare_clip(storage, settings, u, model.size, features, cache,
-                                audio_offsets=model.config.syncformer.audio_offsets)
-        except ResyncError as e:
-            say(f"left out {u}: {e} [{e.error_class}]")
-            continue
-        clip.speaker = s
-        clips.append(clip)
+    clips = prepare_labelled_clips(storage, settings, uris, speakers, model, features, cache, say=say)
     recipe = TrainingPlan()
     held = hold_out_speakers(clips, recipe.val_speaker_share, recipe.split_seed)
     _, val = split(sequences(clips), BASE_HOLDOUT)

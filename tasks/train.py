@@ -250,6 +250,26 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
     return model, summary
 
 
+def prepare_labelled_clips(storage: Storage, settings: Settings, uris: list[str], speakers: list[str] | None,
+                           model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None = None,
+                           sync_loss: ExpertSyncLoss | None = None,
+                           say: Callable[[str], None] = log.info) -> list[PreparedClip]:
+    """Each video prepared for ``model`` and labelled with its speaker (``speakers``: one per video, or
+    None). One unusable video does not stop a base: it is left out, and said so."""
+    clips = []
+    for k, u in enumerate(uris):
+        try:
+            clip = prepare_clip(storage, settings, u, model.size, features, cache,
+                                audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss)
+        except ResyncError as e:
+            say(f"left out {u}: {e} [{e.error_class}]")
+            continue
+        clip.speaker = speakers[k] if speakers is not None else None
+        clips.append(clip)
+        say(f"prepared {k + 1}/{len(uris)}: {Path(u).name} ({len(clip.clip)} usable frames)")
+    return clips
+
+
 def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: str | Path, features: AudioFeatures,
                cache: FeatureCache | None = None, plan: TrainingPlan | None = None,
                say: Callable[[str], None] = log.info, resume: ReSyncer | None = None,
@@ -276,17 +296,8 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         model.train()
     else:
         model = ReSyncer.new(plan.config, card)
-    clips, sync_loss = [], sync_loss_for(plan)
-    for k, u in enumerate(uris):
-        try:
-            clip = prepare_clip(storage, settings, u, model.size, features, cache,
-                                audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss)
-        except ResyncError as e:  # one unusable video does not stop a base: it is left out, and said so
-            say(f"left out {u}: {e} [{e.error_class}]")
-            continue
-        clip.speaker = speakers[k] if speakers is not None else None
-        clips.append(clip)
-        say(f"prepared {k + 1}/{len(uris)}: {Path(u).name} ({len(clip.clip)} usable frames)")
+    sync_loss = sync_loss_for(plan)
+    clips = prepare_labelled_clips(storage, settings, uris, speakers, model, features, cache, sync_loss, say)
     if not clips:
         raise ValueError("none of the videos could be prepared for training")
     held = hold_out_speakers(clips, plan.val_speaker_share, plan.split_seed)
@@ -391,5 +402,5 @@ def model_holdout(summary: dict) -> str:
     return f"the last {held:.0%} of every clip held out for early stopping and model selection; never trained on"
 
 
-__all__ = ["model_card", "PreparedClip", "TrainingPlan", "prepare_clip", "sequences", "generator_data", "fit", "train_base",
+__all__ = ["model_card", "PreparedClip", "TrainingPlan", "prepare_clip", "prepare_labelled_clips", "sequences", "generator_data", "fit", "train_base",
            "finetune_speaker", "finetune_plan", "track_for", "hold_out_speakers"]
