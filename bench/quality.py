@@ -66,6 +66,7 @@ from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
 from tasks.audio import load_audio
 from tasks.decode import VideoSource
+from tasks.detail import detail_factor
 from tasks.facemesh import FaceMeshTracker
 from tasks.geometry import warp_crop
 from tasks.identity import FaceIdentity
@@ -73,6 +74,7 @@ from tasks.landmarks import LIPS, mouth_opening
 from tasks.dub_plan import (crop_vertices, fit_audio_length, planned_meshes, predict_displacements, reference_frame,
                             reference_window, renderable, video_duration)
 from tasks.lipsync import DubInputs, dub
+from tasks.mouth_interior import MouthReference, speaker_mouth
 from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silence
 from tasks.qa import QA_CROP, OutputObserver, corr, laplacian_sharpness, speech_frames
 from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert
@@ -166,6 +168,7 @@ class ClipParts:
     eval: object                # TrackResult of the eval part
     style: np.ndarray           # reference motion from the fit part
     reference: np.ndarray       # reference crop (model size) from the fit part
+    mouth: MouthReference | None  # the open mouth whose teeth a dub shows (settings.mouth_interior), from the fit part
 
 
 def clip_uri(name: str) -> str:
@@ -184,9 +187,13 @@ def cut_clip(storage: Storage, settings: Settings, uri: str, fit_fraction: float
     usable = renderable(fit)
     style = reference_window(fit.displacements, usable, window)
     r = reference_frame(fit, usable)
+    mats = crop_matrices(fit, size, settings.crop_size)
+    factor = detail_factor(mats[usable], settings.detail_max_factor)
     with VideoSource(storage, fit_uri) as video:
-        reference = warp_crop(video.frame(r), crop_matrices(fit, size, settings.crop_size)[r], size)
-    return ClipParts(stem, fit_uri, eval_uri, fit, ev, style, reference)
+        reference = warp_crop(video.frame(r), mats[r], size)
+        mouth = speaker_mouth(video.frame, fit, usable, mats * factor, size * factor,
+                              settings.mouth_interior_min_opening) if settings.mouth_interior else None
+    return ClipParts(stem, fit_uri, eval_uri, fit, ev, style, reference, mouth)
 
 
 def retrieval_motion(parts: ClipParts, predicted: np.ndarray) -> np.ndarray:
@@ -227,7 +234,8 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
     for name, (model, motion) in ((m, drives[m]) for m in methods):
         out = str(scratch / f"{parts.name}-{name}.mp4")
         dub(storage, settings, parts.eval_uri, DubInputs(parts.eval_uri, displacements=motion,
-                                                         style_displacements=parts.style, reference_crop=parts.reference),
+                                                         style_displacements=parts.style, reference_crop=parts.reference,
+                                                         mouth_reference=parts.mouth),
             out, model, features, ev, cache)
         outputs[name] = out
 

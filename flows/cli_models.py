@@ -44,6 +44,10 @@ def dub(
     detail: Optional[bool] = typer.Option(None, "--detail/--no-detail", help="Keep the frame's own skin and lip texture "
                                           "on the redrawn mouth, moved with the mesh (default on; never when swapping "
                                           "faces). Env: RESYNC_DETAIL_TRANSFER."),
+    teeth: Optional[bool] = typer.Option(None, "--teeth/--no-teeth", help="Show the speaker's own teeth in the drawn "
+                                         "mouth: the inside of one of this video's open mouths, each row moved with its "
+                                         "lip (default on; needs --detail; never when swapping faces). Env: "
+                                         "RESYNC_MOUTH_INTERIOR."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
@@ -59,7 +63,7 @@ def dub(
 
     if audio is None and driving_video is None:
         fail("give the new AUDIO, or --driving-video", code=2)
-    settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail)
+    settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail, mouth_interior=teeth)
     storage = Storage(settings)
     try:
         resyncer = model_store.load_model(settings, model)
@@ -101,7 +105,8 @@ def dub(
            "passed_through": result.passed_through, "fps": round(result.fps, 3),
            "video_seconds": round(result.video_seconds, 3), "audio_seconds": round(result.audio_seconds, 3),
            "audio_overhang_s": round(result.audio_overhang_s, 3), "model_version": result.model_version,
-           "detail_factor": result.detail_factor, **{k: round(v, 3) for k, v in result.timings.items()}}
+           "detail_factor": result.detail_factor, "teeth_frame": result.teeth_frame,
+           **{k: round(v, 3) for k, v in result.timings.items()}}
     skip_teardown()     # published, and every thread, decoder and temporary file of the dub is closed
     if as_json:
         out.print_json(json.dumps(doc))

@@ -24,6 +24,7 @@ import torch
 from models.renderer import texture_map
 from tasks.composite import composite_into
 from tasks.geometry import warp_crop
+from tasks.mouth_interior import MouthReference, paste_interior
 
 
 def detail_factor(mats: np.ndarray, max_factor: int) -> int:
@@ -49,17 +50,18 @@ def high_band(crops: np.ndarray, size: int) -> np.ndarray:
 
 def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
                 new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float = 1.0,
-                batch: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                batch: int = 8, interior: MouthReference | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generated crops with the frames' fine detail, ``factor`` times finer.
 
     frames: (B, H, W, 3) uint8; generated: (B, S, S, 3) uint8; mats: (B, 2, 3) frame -> S crop;
     old_verts / new_verts: (B, V, 3) the tracked and the drawn mesh in S-crop pixels; masks: (B, S, S)
-    the redraw masks. Returns float32 crops (B, D, D, 3) in [0, 255], their masks (B, D, D) and
-    matrices (B, 2, 3), D = S * factor, ready for ``composite``.
+    the redraw masks. ``interior``: a mouth whose teeth fill each drawn opening
+    (``tasks.mouth_interior``). Returns float32 crops (B, D, D, 3) in [0, 255], their masks (B, D, D)
+    and matrices (B, 2, 3), D = S * factor, ready for ``composite``.
     """
     size = generated.shape[1]
     band = max(4, int(round(size * detail_from)))
-    if factor <= 1 and band >= size:
+    if factor <= 1 and band >= size and interior is None:
         return generated.astype(np.float32), masks, mats
     d = size * factor
     fine = (mats * factor).astype(mats.dtype)
@@ -82,6 +84,8 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
             if band < size:                    # win += cover * (low - win)
                 cv2.add(win, cv2.multiply(cover, cv2.subtract(low_band(up, band)[y0:y0 + h, x0:x0 + w], win)), dst=win)
             cv2.add(win, cv2.multiply(cover, moved[k, :h, :w]), dst=win)      # win += cover * moved
+            if interior is not None:
+                paste_interior(up, new_verts[s + k] * factor, interior, feather=0.5 * factor)
             np.clip(up, 0, 255, out=out[s + k])
     big_masks = np.stack([cv2.resize(m, (d, d), interpolation=cv2.INTER_LINEAR) for m in masks])
     return out, big_masks, fine
@@ -124,19 +128,22 @@ def move_detail(detail: np.ndarray, source: np.ndarray, target: np.ndarray, wind
 
 
 def composite_redrawn(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
-                      new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float) -> list[np.ndarray]:
+                      new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float,
+                      interior: MouthReference | None = None) -> list[np.ndarray]:
     """Each redrawn crop composited into a copy of its frame (arguments as for ``with_detail``), with
     the frame's detail carried over ``factor`` times finer; ``factor`` 0 turns detail transfer off."""
     out = [f.copy() for f in frames]
-    paste_redrawn(out, generated, mats, old_verts, new_verts, masks, factor, detail_from)
+    paste_redrawn(out, generated, mats, old_verts, new_verts, masks, factor, detail_from, interior)
     return out
 
 
 def paste_redrawn(frames: Sequence[np.ndarray], generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
-                  new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float) -> None:
+                  new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float,
+                  interior: MouthReference | None = None) -> None:
     """``composite_redrawn`` into the frames themselves (each (H, W, 3) uint8, written in place)."""
     if factor > 0:
-        generated, masks, mats = with_detail(frames, generated, mats, old_verts, new_verts, masks, factor, detail_from)
+        generated, masks, mats = with_detail(frames, generated, mats, old_verts, new_verts, masks, factor, detail_from,
+                                             interior=interior)
     for f, g, m, k in zip(frames, generated, mats, masks):
         composite_into(f, g, m, k)
 

@@ -41,6 +41,7 @@ from tasks.encode import AudioEncoding, encode_h264, mux_audio
 from tasks.frame_store import FrameStore, use_directory
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
+from tasks.mouth_interior import MouthReference, speaker_mouth
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
 from tasks.stream import Prefetch, ordered_map, tap
 from tasks.track import TrackResult
@@ -64,6 +65,7 @@ class DubResult:
     predicted_opening: np.ndarray | None = None   # (T,) intended mouth opening (QA: mesh-following)
     intended_marks: FrameStore | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed), on disk
     detail_factor: int = 0                        # texture carried over this many times finer than the crop; 0: off
+    teeth_frame: int | None = None                # the frame whose mouth interior the drawn mouths show; None: the generator's
 
 
 @dataclass
@@ -76,6 +78,7 @@ class DubInputs:
     reference_crop: np.ndarray | None = None     # (S, S, 3) uint8 identity to draw
     reference_template: np.ndarray | None = None  # (V, 3) that identity's face shape: a face swap
     reference_vertices: np.ndarray | None = None  # (V, 3) that face's mesh in the reference crop's pixels
+    mouth_reference: MouthReference | None = None  # the open mouth whose teeth to show (with settings.mouth_interior)
 
     @property
     def swaps_face(self) -> bool:
@@ -133,7 +136,8 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     intended = planned_marks(settings, track, plan, observer_crop) if observer else None
     rendered = sum(redrawn)
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio.seconds, duration,
-                     audio.overhang_s, model.version, timings, plan.predicted_opening(track), intended, plan.detail_factor)
+                     audio.overhang_s, model.version, timings, plan.predicted_opening(track), intended, plan.detail_factor,
+                     redrawer.interior.frame if redrawer.interior is not None else None)
 
 
 def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, inputs: DubInputs,
@@ -151,7 +155,21 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
     # the compiled generator pads every call to its batch: make it the chunk's length, so the 8-frame
     # chunks of 1080p do not pay for 64
     batch = chunk_frames(*video.size, settings.decode_chunk, settings.decode_chunk_mb)
-    return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source)
+    return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source,
+                         dub_mouth_reference(settings, model, track, plan, inputs, video))
+
+
+def dub_mouth_reference(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, inputs: DubInputs,
+                        video: VideoSource) -> MouthReference | None:
+    """The open mouth whose interior fills the drawn openings: the given one, else the one of this
+    video's wide frontal mouths that shows the most teeth; None when ``settings.mouth_interior`` is off, the dub is a face swap
+    or has no detail transfer, or the speaker never opens wide enough."""
+    if not settings.mouth_interior or plan.whole_face or plan.detail_factor <= 0:
+        return None
+    if inputs.mouth_reference is not None:
+        return inputs.mouth_reference
+    return speaker_mouth(video.frame, track, plan.usable, plan.mats * plan.detail_factor, model.size * plan.detail_factor,
+                         settings.mouth_interior_min_opening)
 
 
 def decoded_chunks(settings: Settings, video: VideoSource, pool: FramePool | None) -> Prefetch[Chunk]:

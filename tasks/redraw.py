@@ -24,6 +24,7 @@ from models.resyncer import ReSyncer
 from tasks.decode import Chunk
 from tasks.detail import paste_redrawn
 from tasks.dub_plan import DubPlan
+from tasks.mouth_interior import MouthReference
 from tasks.geometry import warp_crop
 from tasks.track import TrackResult
 
@@ -94,6 +95,7 @@ class ChunkRedrawer:
     texture: tuple[np.ndarray, np.ndarray] | None = None  # face swap: (reference crop, its vertices)
     batch: int | None = None                              # generator batch: the video's chunk length
     keep_source: bool = True                              # composite into a copy: the chunk's frames stay the source
+    interior: MouthReference | None = None                # the speaker's open mouth, its teeth copied into each opening
 
     def generate(self, chunk: Chunk) -> GeneratedChunk:
         timings = {"redraw_s": 0.0, "render_s": 0.0}
@@ -120,7 +122,7 @@ class ChunkRedrawer:
         t = time.perf_counter()
         mats = self.plan.mats[g.chunk.indices[g.todo]]
         paste_redrawn([out[k] for k in g.todo], g.generated, mats, g.old_verts, g.new_verts, g.masks,
-                      self.plan.detail_factor, self.settings.detail_from)
+                      self.plan.detail_factor, self.settings.detail_from, self.interior)
         timings["composite_s"] += time.perf_counter() - t
         return RedrawnChunk(g.chunk, out, len(g.todo), timings)
 
