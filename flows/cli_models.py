@@ -46,7 +46,7 @@ def dub(
                                           "faces). Env: RESYNC_DETAIL_TRANSFER."),
     teeth: Optional[bool] = typer.Option(None, "--teeth/--no-teeth", help="Show the speaker's own teeth in the drawn "
                                          "mouth: the inside of one of this video's open mouths, each row moved with its "
-                                         "lip (default on; needs --detail; never when swapping faces). Env: "
+                                         "lip (default off, see README; needs --detail; never when swapping faces). Env: "
                                          "RESYNC_MOUTH_INTERIOR."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),

@@ -253,12 +253,12 @@ def test_cli_dub_and_its_errors(env, tmp_path):
     exe = [sys.executable, "-m", "flows.cli"]
     out = tmp_path / "cli.mp4"
     args = ["dub", str(data / "videos" / "speaker_glasses_5s.mp4"), str(data / "audio" / "french2.wav"),
-            "-o", str(out), "--root", settings.root, "--json"]
+            "-o", str(out), "--root", settings.root, "--json", "--teeth"]
     proc = subprocess.run(exe + args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"frames": 122' in proc.stdout and out.stat().st_size > 10_000
     teeth = json.loads(proc.stdout)["teeth_frame"]
-    assert isinstance(teeth, int) and 0 <= teeth < 122     # this speaker opens wide enough to lend their teeth
+    assert isinstance(teeth, int) and 0 <= teeth < 122     # --teeth: this speaker opens wide enough to lend them
     bad = subprocess.run(exe + ["dub", str(data / "videos" / "speaker_glasses_5s.mp4"), str(tmp_path / "missing.wav"),
                                 "-o", str(tmp_path / "x.mp4"), "--root", settings.root],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
