@@ -180,6 +180,9 @@ class Settings(BaseSettings):
                                     "milliseconds (every model of one configuration shares it). Turn off for one-off short dubs.")
     rest_min_pause_s: float = Field(0.4, ge=0, description="Pauses of the new speech at least this long (seconds) "
                                     "ease the predicted mouth to the speaker's own mouth at rest; 0: off.")
+    rest_mouth: bool = Field(True, description="In those pauses, draw one still mouth: the generator's rendering of "
+                             "the speaker's rest pose on the reference frame, moved with each frame's mesh "
+                             "(tasks/rest_mouth.py). Drawn afresh on every frame, a still mesh's mouth flickers.")
     motion_gain: float = Field(1.0, gt=0, description="The predicted mouth moves this many times as far from the "
                                "speaker's mouth at rest (tasks.dub_plan.articulate); 1: as the Style-SyncFormer predicts. "
                                "Chosen on zero-shot dubs of the base's 7 held-out train/ speakers: with the bundled "

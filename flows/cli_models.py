@@ -48,6 +48,10 @@ def dub(
                                          "mouth: the inside of one of this video's open mouths, each row moved with its "
                                          "lip (default off, see README; needs --detail; never when swapping faces). Env: "
                                          "RESYNC_MOUTH_INTERIOR."),
+    still_pauses: Optional[bool] = typer.Option(None, "--still-pauses/--no-still-pauses", help="In the pauses of the new "
+                                                "speech, draw one still mouth at rest moved with the head, instead of "
+                                                "drawing the resting mouth afresh every frame (default on). Env: "
+                                                "RESYNC_REST_MOUTH."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
@@ -63,7 +67,8 @@ def dub(
 
     if audio is None and driving_video is None:
         fail("give the new AUDIO, or --driving-video", code=2)
-    settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail, mouth_interior=teeth)
+    settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail, mouth_interior=teeth,
+                             rest_mouth=still_pauses)
     storage = Storage(settings)
     try:
         resyncer = model_store.load_model(settings, model)
@@ -105,7 +110,7 @@ def dub(
            "passed_through": result.passed_through, "fps": round(result.fps, 3),
            "video_seconds": round(result.video_seconds, 3), "audio_seconds": round(result.audio_seconds, 3),
            "audio_overhang_s": round(result.audio_overhang_s, 3), "model_version": result.model_version,
-           "detail_factor": result.detail_factor, "teeth_frame": result.teeth_frame,
+           "detail_factor": result.detail_factor, "teeth_frame": result.teeth_frame, "rest_frame": result.rest_frame,
            **{k: round(v, 3) for k, v in result.timings.items()}}
     skip_teardown()     # published, and every thread, decoder and temporary file of the dub is closed
     if as_json:

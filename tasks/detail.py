@@ -25,6 +25,7 @@ from models.renderer import texture_map
 from tasks.composite import composite_into
 from tasks.geometry import warp_crop
 from tasks.mouth_interior import MouthReference, paste_interior
+from tasks.rest_mouth import RestMouth
 
 
 def detail_factor(mats: np.ndarray, max_factor: int) -> int:
@@ -50,13 +51,16 @@ def high_band(crops: np.ndarray, size: int) -> np.ndarray:
 
 def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
                 new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float = 1.0,
-                batch: int = 8, interior: MouthReference | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                batch: int = 8, interior: MouthReference | None = None, rest: RestMouth | None = None,
+                rest_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generated crops with the frames' fine detail, ``factor`` times finer.
 
     frames: (B, H, W, 3) uint8; generated: (B, S, S, 3) uint8; mats: (B, 2, 3) frame -> S crop;
     old_verts / new_verts: (B, V, 3) the tracked and the drawn mesh in S-crop pixels; masks: (B, S, S)
     the redraw masks. ``interior``: a mouth whose teeth fill each drawn opening
-    (``tasks.mouth_interior``). Returns float32 crops (B, D, D, 3) in [0, 255], their masks (B, D, D)
+    (``tasks.mouth_interior``). ``rest`` and ``rest_weight`` (B,): in the pauses the detail comes
+    from the rest mouth's frame by that weight, not from a frame whose real mouth may be speaking
+    (``tasks.rest_mouth``). Returns float32 crops (B, D, D, 3) in [0, 255], their masks (B, D, D)
     and matrices (B, 2, 3), D = S * factor, ready for ``composite``.
     """
     size = generated.shape[1]
@@ -74,6 +78,8 @@ def with_detail(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old
         h, w = min(side, d - y0), min(side, d - x0)      # the window's part inside the crop
         target = new_verts[s:e] * factor - np.array([x0, y0, 0], np.float32)
         moved, covered = move_detail(detail, old_verts[s:e] * factor, target, (h, w), factor)
+        if rest is not None and rest.detail is not None and rest_weight is not None:
+            still_detail(moved, covered, target, rest_weight[s:e], rest, factor)
         for k, g in enumerate(generated[s:e]):
             up = cv2.resize(g, (d, d), interpolation=cv2.INTER_CUBIC).astype(np.float32)
             # where the mesh carries texture its fine band replaces the generator's; the open mouth
@@ -127,23 +133,40 @@ def move_detail(detail: np.ndarray, source: np.ndarray, target: np.ndarray, wind
     return (moved * cover).permute(0, 2, 3, 1).numpy(), cover[:, 0].numpy()
 
 
+def still_detail(moved: np.ndarray, covered: np.ndarray, target: np.ndarray, weight: np.ndarray, rest: RestMouth,
+                 factor: int) -> None:
+    """``moved`` detail and its coverage (``move_detail``'s, for meshes ``target``), in place: blended
+    by ``weight`` (B,) towards the rest mouth's frame's detail moved onto the same meshes."""
+    rows = np.flatnonzero(weight > 0)
+    if len(rows) == 0:
+        return
+    source = np.repeat(rest.detail[None], len(rows), 0)
+    points = np.repeat(rest.detail_points[None], len(rows), 0)
+    still, still_covered = move_detail(source, points, target[rows], covered.shape[1:], factor)
+    a = weight[rows].astype(np.float32)[:, None, None]
+    moved[rows] = moved[rows] * (1 - a[..., None]) + still * a[..., None]
+    covered[rows] = covered[rows] * (1 - a) + still_covered * a
+
+
 def composite_redrawn(frames: np.ndarray, generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
                       new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float,
-                      interior: MouthReference | None = None) -> list[np.ndarray]:
+                      interior: MouthReference | None = None, rest: RestMouth | None = None,
+                      rest_weight: np.ndarray | None = None) -> list[np.ndarray]:
     """Each redrawn crop composited into a copy of its frame (arguments as for ``with_detail``), with
     the frame's detail carried over ``factor`` times finer; ``factor`` 0 turns detail transfer off."""
     out = [f.copy() for f in frames]
-    paste_redrawn(out, generated, mats, old_verts, new_verts, masks, factor, detail_from, interior)
+    paste_redrawn(out, generated, mats, old_verts, new_verts, masks, factor, detail_from, interior, rest, rest_weight)
     return out
 
 
 def paste_redrawn(frames: Sequence[np.ndarray], generated: np.ndarray, mats: np.ndarray, old_verts: np.ndarray,
                   new_verts: np.ndarray, masks: np.ndarray, factor: int, detail_from: float,
-                  interior: MouthReference | None = None) -> None:
+                  interior: MouthReference | None = None, rest: RestMouth | None = None,
+                  rest_weight: np.ndarray | None = None) -> None:
     """``composite_redrawn`` into the frames themselves (each (H, W, 3) uint8, written in place)."""
     if factor > 0:
         generated, masks, mats = with_detail(frames, generated, mats, old_verts, new_verts, masks, factor, detail_from,
-                                             interior=interior)
+                                             interior=interior, rest=rest, rest_weight=rest_weight)
     for f, g, m, k in zip(frames, generated, mats, masks):
         composite_into(f, g, m, k)
 
@@ -159,4 +182,4 @@ def _window(masks: np.ndarray, factor: int, pad: int) -> tuple[int, int, int]:
     return x0, y0, max(x1 - x0, y1 - y0)
 
 
-__all__ = ["composite_redrawn", "paste_redrawn", "detail_factor", "high_band", "low_band", "move_detail", "with_detail"]
+__all__ = ["composite_redrawn", "paste_redrawn", "detail_factor", "high_band", "low_band", "move_detail", "still_detail", "with_detail"]

@@ -109,11 +109,18 @@ def planned_meshes(track: TrackResult, predicted: np.ndarray, identity: np.ndarr
     ``indices`` only those frames (``predicted`` is still the whole video's): the dub builds them a
     chunk at a time, so no whole-video mesh is ever held beside the track."""
     idx = np.arange(track.n_frames) if indices is None else np.asarray(indices)
+    return composed_meshes(track, idx, predicted[idx], identity)
+
+
+def composed_meshes(track: TrackResult, idx: np.ndarray, motion: np.ndarray,
+                    identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(new, old) canonical meshes of frames ``idx``: ``motion`` (one row per frame, or one row for
+    all) below the nose, the tracked motion above it (``planned_meshes``)."""
     weights = lower_face_weights(track.template)[None, :, None]
     tracked = np.nan_to_num(track.displacements[idx])
     templates = track.templates[track.shot_index[idx]]
     shape = templates if identity is None else np.broadcast_to(identity[None], templates.shape)
-    new = shape + tracked * (1 - weights) + np.nan_to_num(predicted[idx]) * weights
+    new = shape + tracked * (1 - weights) + np.nan_to_num(motion) * weights
     return new.astype(np.float32), (templates + tracked).astype(np.float32)
 
 
@@ -227,18 +234,23 @@ class DubPlan:
     mats: np.ndarray            # (T, 2, 3) frame -> generator crop
     whole_face: bool            # a face swap: the whole face is redrawn, not only the mouth
     detail_factor: int          # frame texture carried this many times finer than the crop; 0: off
+    rest: np.ndarray | None = None         # (V, 3) the speaker's mouth at rest (audio-driven dubs)
+    rest_weight: np.ndarray | None = None  # (T,) how far each frame rests (``pause_gate``); None: never
 
     def meshes(self, track: TrackResult, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(new, old) canonical meshes of frames ``indices``: the mesh to draw, the tracked one."""
         return planned_meshes(track, self.motion, self.identity, indices)
 
-    def crop_vertices(self, track: TrackResult, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(new, old) meshes of frames ``indices`` (all usable) posed into their crops' pixels."""
+    def crop_vertices(self, track: TrackResult, indices: np.ndarray,
+                      motion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(new, old) meshes of frames ``indices`` (all usable) posed into their crops' pixels; with
+        ``motion`` (rows, or one row for all) that motion below the nose instead of the plan's."""
         def pose(canonical: np.ndarray) -> np.ndarray:
             return project_to_crop(canonical.astype(np.float64), track.scale[indices].astype(np.float64),
                                    track.rotation[indices].astype(np.float64),
                                    track.translation[indices].astype(np.float64), self.mats[indices])
-        new, old = self.meshes(track, indices)
+        new, old = self.meshes(track, indices) if motion is None else \
+            composed_meshes(track, np.asarray(indices), motion, self.identity)
         return pose(new), pose(old)
 
     def predicted_opening(self, track: TrackResult, chunk: int = 1024) -> np.ndarray:
@@ -247,21 +259,31 @@ class DubPlan:
                                for a in range(0, track.n_frames, chunk)]).astype(np.float32)
 
 
+def speech_pauses(settings: Settings, track: TrackResult, samples: np.ndarray) -> np.ndarray | None:
+    """(T,) ``pause_gate`` of the new speech at the video's frames; None when resting is off."""
+    if settings.rest_min_pause_s <= 0:
+        return None
+    return pause_gate(speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps),
+                      max(1, int(round(settings.rest_min_pause_s * track.fps))))
+
+
 def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeatures | None, cache: FeatureCache | None,
                      track: TrackResult, usable: np.ndarray, samples: np.ndarray,
-                     style_displacements: np.ndarray | None, video_uri: str) -> FrameStore:
+                     style_displacements: np.ndarray | None, video_uri: str,
+                     rest: np.ndarray | None = None, gate: np.ndarray | None = None) -> FrameStore:
     """(T, V, 3) displacements for the new speech in the speaker's style (the reference window of
     this video unless another is given), opened ``motion_gain`` times about the speaker's rest pose
-    and eased to it in long pauses. Written to disk a window at a time as the Style-SyncFormer makes
-    them: the plan never holds a whole video's motion in memory."""
+    (``rest``, default ``rest_pose``) and eased to it in long pauses (``gate``, default
+    ``speech_pauses``). Written to disk a window at a time as the Style-SyncFormer makes them: the
+    plan never holds a whole video's motion in memory."""
     if features is None:
         raise ResyncError(ErrorClass.MODEL_ERROR, "no audio feature extractor configured", item=video_uri)
     style = style_displacements if style_displacements is not None else \
         reference_window(track.displacements, usable, model.config.syncformer.style_window)
-    rest = rest_pose(track, usable)
-    gate = pause_gate(speech_frames(Audio(samples, SAMPLE_RATE), track.timestamps),
-                      max(1, int(round(settings.rest_min_pause_s * track.fps)))) \
-        if settings.rest_min_pause_s > 0 else None
+    rest = rest_pose(track, usable) if rest is None else rest
+    gate = speech_pauses(settings, track, samples) if gate is None else gate
+    if gate is not None and not gate.any():
+        gate = None
     out = FrameStore(track.n_frames, (model.config.syncformer.n_vertices, 3), np.float32)
     try:
         for s, block in motion_blocks(model, features, cache, samples, track, style):
@@ -283,6 +305,7 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
     (video-driven lip sync; an array, or rows on disk such as a track's own, read a chunk at a time);
     ``identity``: another face's template (a face swap)."""
     usable = usable_frames(track, video_uri)
+    rest = gate = None
     if displacements is not None:
         predicted = displacements if isinstance(displacements, FrameStore) and displacements.dtype == np.float32 \
             else np.array(displacements, np.float32)
@@ -290,16 +313,18 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
             raise ResyncError(ErrorClass.UNSUPPORTED_INPUT, f"driving motion has shape {predicted.shape}, "
                               f"the video needs {track.displacements.shape}", item=video_uri)
     else:
+        rest, gate = rest_pose(track, usable), speech_pauses(settings, track, samples)
         predicted = predicted_motion(settings, model, features, cache, track, usable, samples, style_displacements,
-                                     video_uri)
+                                     video_uri, rest, gate)
     mats = crop_matrices(track, model.size, settings.crop_size)
     whole_face = identity is not None
     factor = detail_factor(mats[usable], settings.detail_max_factor) \
         if settings.detail_transfer and not whole_face else 0   # a swap must not keep the source's skin
-    return DubPlan(usable, predicted, identity, mats, whole_face, factor)
+    resting = gate if gate is not None and gate.any() and settings.rest_mouth and not whole_face else None
+    return DubPlan(usable, predicted, identity, mats, whole_face, factor, rest, resting)
 
 
-__all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "planned_meshes", "crop_vertices",
+__all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "speech_pauses", "planned_meshes", "composed_meshes", "crop_vertices",
            "predict_displacements", "articulate", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
            "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses", "pause_gate", "ease_to_rest",
            "motion_blocks"]

@@ -30,19 +30,22 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import torch
 
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.audio_features import AudioFeatures, FeatureCache
 from models.resyncer import ReSyncer
 from tasks.decode import Chunk, FramePool, VideoSource, chunk_frames, local_path
+from tasks.detail import high_band
 from tasks.dub_plan import DubPlan, dub_audio, plan_dub, reference_frame, usable_frames, video_duration
 from tasks.encode import AudioEncoding, encode_h264, mux_audio
 from tasks.frame_store import FrameStore, use_directory
 from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
 from tasks.mouth_interior import MouthReference, speaker_mouth
-from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw_workers, to_tensor, torch_threads
+from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw, redraw_workers, to_tensor, torch_threads
+from tasks.rest_mouth import RestMouth, rest_frame
 from tasks.stream import Prefetch, ordered_map, tap
 from tasks.track import TrackResult
 from tasks.training_data import crop_matrices, project_to_crop
@@ -66,6 +69,7 @@ class DubResult:
     intended_marks: FrameStore | None = None      # (T, V, 2) planned landmarks in the QA crop (when observed), on disk
     detail_factor: int = 0                        # texture carried over this many times finer than the crop; 0: off
     teeth_frame: int | None = None                # the frame whose mouth interior the drawn mouths show; None: the generator's
+    rest_frame: int | None = None                 # the frame the still mouth of the pauses is drawn on; None: no pauses
 
 
 @dataclass
@@ -137,7 +141,8 @@ def dub(storage: Storage, settings: Settings, video_uri: str, inputs: DubInputs,
     rendered = sum(redrawn)
     return DubResult(output_uri, written, rendered, written - rendered, track.fps, audio.seconds, duration,
                      audio.overhang_s, model.version, timings, plan.predicted_opening(track), intended, plan.detail_factor,
-                     redrawer.interior.frame if redrawer.interior is not None else None)
+                     redrawer.interior.frame if redrawer.interior is not None else None,
+                     redrawer.rest.frame if redrawer.rest is not None else None)
 
 
 def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, inputs: DubInputs,
@@ -156,7 +161,29 @@ def chunk_redrawer(settings: Settings, model: ReSyncer, track: TrackResult, plan
     # chunks of 1080p do not pay for 64
     batch = chunk_frames(*video.size, settings.decode_chunk, settings.decode_chunk_mb)
     return ChunkRedrawer(settings, model, track, plan, codes, texture, batch, keep_source,
-                         dub_mouth_reference(settings, model, track, plan, inputs, video))
+                         dub_mouth_reference(settings, model, track, plan, inputs, video),
+                         dub_rest_mouth(settings, model, track, plan, video, codes))
+
+
+def dub_rest_mouth(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, video: VideoSource,
+                   codes: torch.Tensor) -> RestMouth | None:
+    """The still mouth of the pauses: the speaker's rest pose drawn once, the way every frame is drawn,
+    on a frontal frame of this video whose real mouth is at rest (its lips are the detail); None when
+    the plan never rests (``plan.rest_weight``)."""
+    if plan.rest_weight is None or plan.rest is None:
+        return None
+    r = rest_frame(track.mouth_openings(), track.euler[:, 0], plan.usable)
+    frame = video.frame(r)
+    crop = warp_crop(frame, plan.mats[r], model.size)
+    new, old = plan.crop_vertices(track, np.array([r]), plan.rest)
+    drawn, _ = redraw(model, crop[None], new, old, codes, amp=settings.amp_inference)
+    rest = RestMouth(drawn[0], new[0, :, :2].astype(np.float32), r)
+    if plan.detail_factor > 0:
+        f = plan.detail_factor
+        fine = warp_crop(frame, (plan.mats[r] * f).astype(plan.mats.dtype), model.size * f)
+        rest.detail = high_band(fine[None], max(4, int(round(model.size * settings.detail_from))))[0]
+        rest.detail_points = (old[0, :, :2] * f).astype(np.float32)
+    return rest
 
 
 def dub_mouth_reference(settings: Settings, model: ReSyncer, track: TrackResult, plan: DubPlan, inputs: DubInputs,

@@ -25,6 +25,7 @@ from tasks.decode import Chunk
 from tasks.detail import paste_redrawn
 from tasks.dub_plan import DubPlan
 from tasks.mouth_interior import MouthReference
+from tasks.rest_mouth import RestMouth, hold_still
 from tasks.geometry import warp_crop
 from tasks.track import TrackResult
 
@@ -96,6 +97,7 @@ class ChunkRedrawer:
     batch: int | None = None                              # generator batch: the video's chunk length
     keep_source: bool = True                              # composite into a copy: the chunk's frames stay the source
     interior: MouthReference | None = None                # the speaker's open mouth, its teeth copied into each opening
+    rest: RestMouth | None = None                         # the still mouth shown in the pauses (plan.rest_weight)
 
     def generate(self, chunk: Chunk) -> GeneratedChunk:
         timings = {"redraw_s": 0.0, "render_s": 0.0}
@@ -109,6 +111,8 @@ class ChunkRedrawer:
         crops = np.stack([warp_crop(chunk.frames[k], m, size) for k, m in zip(todo, self.plan.mats[ii])])
         generated, masks = redraw(self.model, crops, new_verts, old_verts, self.codes, timings, s.amp_inference,
                                   s.compile_generator, self.batch or s.decode_chunk, self.plan.whole_face, self.texture)
+        if self.rest is not None and self.plan.rest_weight is not None:
+            hold_still(generated, new_verts, self.plan.rest_weight[ii], self.rest)
         timings["redraw_s"] += time.perf_counter() - t
         return GeneratedChunk(chunk, todo, generated, masks, new_verts, old_verts, timings)
 
@@ -121,8 +125,9 @@ class ChunkRedrawer:
             return RedrawnChunk(g.chunk, out, 0, timings)
         t = time.perf_counter()
         mats = self.plan.mats[g.chunk.indices[g.todo]]
+        weight = self.plan.rest_weight[g.chunk.indices[g.todo]] if self.plan.rest_weight is not None else None
         paste_redrawn([out[k] for k in g.todo], g.generated, mats, g.old_verts, g.new_verts, g.masks,
-                      self.plan.detail_factor, self.settings.detail_from, self.interior)
+                      self.plan.detail_factor, self.settings.detail_from, self.interior, self.rest, weight)
         timings["composite_s"] += time.perf_counter() - t
         return RedrawnChunk(g.chunk, out, len(g.todo), timings)
 

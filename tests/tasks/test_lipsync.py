@@ -259,6 +259,8 @@ def test_cli_dub_and_its_errors(env, tmp_path):
     assert '"frames": 122' in proc.stdout and out.stat().st_size > 10_000
     teeth = json.loads(proc.stdout)["teeth_frame"]
     assert isinstance(teeth, int) and 0 <= teeth < 122     # --teeth: this speaker opens wide enough to lend them
+    rest = json.loads(proc.stdout)["rest_frame"]           # French2 pauses in these 5 s: a still mouth is drawn
+    assert isinstance(rest, int) and 0 <= rest < 122
     bad = subprocess.run(exe + ["dub", str(data / "videos" / "speaker_glasses_5s.mp4"), str(tmp_path / "missing.wav"),
                                 "-o", str(tmp_path / "x.mp4"), "--root", settings.root],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -282,3 +284,37 @@ def test_the_mouth_rests_in_the_pauses_of_the_new_speech():
     assert np.array_equal(out[80:84], predicted[80:84])                   # short gaps are speech
     assert 0 < np.abs(out[31] - predicted[31]).sum() < np.abs(rest - predicted[31]).sum()   # eased, not cut
     assert rest_in_pauses(predicted, np.ones(100, bool), rest, 10) is predicted
+
+
+def test_the_drawn_mouth_stays_still_in_a_pause(env, map_clip):
+    """Dubbed with 2.5 s of German and then silence, the mouth planned at rest is drawn still: one
+    rendering of the rest pose moved with the head (``tasks.rest_mouth``). Drawn afresh every frame,
+    with the frame's own (speaking) lips as detail, the same still mesh's re-tracked mouth moved
+    from frame to frame: on this unseen speaker 0.0123 -> 0.0075 eye distances a frame (what is left
+    moves with the real jaw at the mask's edge and with the tracker's own noise)."""
+    from scipy.io import wavfile
+    from tasks.facemesh import FaceMeshTracker
+    from tasks.geometry import warp_crop
+    from tasks.landmarks import mouth_opening
+
+    settings, storage, model, features, data, root = env
+    uri, track = map_clip
+    german = load_audio(storage, str(data / "audio" / "german1.wav"))
+    wav = root / "out" / "german_then_silence.wav"
+    wavfile.write(wav, german.sample_rate, german.samples[:int(2.5 * german.sample_rate)])
+    pause = np.flatnonzero(track.timestamps > 2.5 + 0.5)           # the silence, after the mouth has closed
+    motion = {}
+    for still in (False, True):
+        s = settings.model_copy(update={"rest_mouth": still, "compile_generator": False})
+        out = str(root / "out" / f"map_pause_{still}.mp4")
+        dub(storage, s, uri, DubInputs(str(wav)), out, model, features, track)
+        got = frames_of(storage, out)[0]
+        tracker = FaceMeshTracker(max_faces=1)
+        try:
+            opening = np.array([mouth_opening(f[0].points) if (f := tracker.process(k, warp_crop(got[i], track.crop[i], 256)))
+                                else np.nan for k, i in enumerate(pause)])
+        finally:
+            tracker.close()
+        motion[still] = float(np.nanmean(np.abs(np.diff(opening))))
+    print("re-tracked mouth motion in the pause", motion)
+    assert motion[True] < 0.75 * motion[False], motion
