@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     rest_min_pause_s: float = Field(0.4, ge=0, description="Pauses of the new speech at least this long (seconds) "
                                     "ease the predicted mouth to the speaker's own mouth at rest; 0: off.")
     rest_mouth: bool = Field(True, description="In those pauses, draw one still mouth: the generator's rendering of "
-                             "the speaker's rest pose on the reference frame, moved with each frame's mesh "
+                             "the speaker's rest pose on a frontal frame whose real mouth is at rest, moved with each frame's mesh "
                              "(tasks/rest_mouth.py). Drawn afresh on every frame, a still mesh's mouth flickers.")
     motion_gain: float = Field(1.0, gt=0, description="The predicted mouth moves this many times as far from the "
                                "speaker's mouth at rest (tasks.dub_plan.articulate); 1: as the Style-SyncFormer predicts. "

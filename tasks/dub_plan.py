@@ -76,16 +76,26 @@ def reference_window(displacements: np.ndarray, usable: np.ndarray, length: int)
     return displacements[idx[best: best + length]]
 
 
-def reference_frame(track: TrackResult, usable: np.ndarray) -> int:
+def reference_frame(track: TrackResult, usable: np.ndarray, opening_quantile: float = 0.5) -> int:
     """The frame whose crop stands for the person: frontal and with a median mouth opening (an open
     mouth's frame was measured too: the reference enters the generator as style codes, not pixels,
-    and brought no teeth on the held-out speakers: README, quality)."""
+    and brought no teeth on the held-out speakers: README, quality). ``opening_quantile`` 0.1: a
+    mouth as closed as the speaker's at rest (``rest_pose``'s share), the still pauses' frame."""
+    return frontal_frame(track.mouth_openings(), track.euler[:, 0], usable, opening_quantile)
+
+
+def frontal_frame(openings: np.ndarray, yaw: np.ndarray, usable: np.ndarray, opening_quantile: float) -> int:
+    """The usable frame nearest frontal whose mouth opening is nearest the ``opening_quantile`` of
+    the usable frames' openings (frames without one are never chosen unless none has one)."""
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         raise ResyncError(ErrorClass.NO_FACE, "no usable face frame for a reference crop")
-    opening = np.nan_to_num(track.mouth_openings()[idx])
-    yaw = np.abs(np.nan_to_num(track.euler[idx, 0]))
-    score = np.abs(opening - np.median(opening)) / (opening.std() + 1e-6) + yaw / 15.0
+    opening = np.nan_to_num(openings[idx], nan=np.inf)
+    finite = np.isfinite(opening)
+    if not finite.any():
+        return int(idx[0])
+    target = np.quantile(opening[finite], opening_quantile)
+    score = np.abs(opening - target) / (opening[finite].std() + 1e-6) + np.abs(np.nan_to_num(yaw[idx])) / 15.0
     return int(idx[int(np.argmin(score))])
 
 
@@ -325,6 +335,6 @@ def plan_dub(settings: Settings, model: ReSyncer, features: AudioFeatures | None
 
 
 __all__ = ["DubAudio", "DubPlan", "dub_audio", "plan_dub", "predicted_motion", "speech_pauses", "planned_meshes", "composed_meshes", "crop_vertices",
-           "predict_displacements", "articulate", "lower_face_weights", "reference_window", "reference_frame", "fit_audio_length",
+           "predict_displacements", "articulate", "lower_face_weights", "reference_window", "reference_frame", "frontal_frame", "fit_audio_length",
            "video_duration", "renderable", "usable_frames", "rest_pose", "rest_in_pauses", "pause_gate", "ease_to_rest",
            "motion_blocks"]

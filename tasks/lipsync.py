@@ -45,7 +45,7 @@ from tasks.geometry import warp_crop
 from tasks.malloc import reuse_large_allocations
 from tasks.mouth_interior import MouthReference, speaker_mouth
 from tasks.redraw import ChunkRedrawer, RedrawnChunk, redraw, redraw_workers, to_tensor, torch_threads
-from tasks.rest_mouth import RestMouth, rest_frame
+from tasks.rest_mouth import RestMouth
 from tasks.stream import Prefetch, ordered_map, tap
 from tasks.track import TrackResult
 from tasks.training_data import crop_matrices, project_to_crop
@@ -172,7 +172,7 @@ def dub_rest_mouth(settings: Settings, model: ReSyncer, track: TrackResult, plan
     the plan never rests (``plan.rest_weight``)."""
     if plan.rest_weight is None or plan.rest is None:
         return None
-    r = rest_frame(track.mouth_openings(), track.euler[:, 0], plan.usable)
+    r = reference_frame(track, plan.usable, opening_quantile=0.1)
     frame = video.frame(r)
     crop = warp_crop(frame, plan.mats[r], model.size)
     new, old = plan.crop_vertices(track, np.array([r]), plan.rest)

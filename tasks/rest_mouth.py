@@ -4,9 +4,10 @@ The generator draws every frame on its own, from that frame's masked face, so th
 that stays still still flickers from frame to frame: dubbed with translated tracks, the base's
 held-out ``train/`` speakers' re-tracked mouths moved about as much in the pauses as in the speech,
 where the planned mesh moved a tenth as much. A real mouth at rest is still. So the pauses show one
-rendering of the speaker's rest pose, made once per dub on the reference frame, warped onto each
-frame's mesh (same triangle, same barycentric coordinates): only the head moves it. It fades in and
-out with the plan's ``rest_weight``, the same ramp that eases the motion to rest.
+rendering of the speaker's rest pose, made once per dub on a frontal frame whose real mouth is at
+rest (``tasks.dub_plan.reference_frame`` at the 0.1 quantile of opening), warped onto each frame's
+mesh (same triangle, same barycentric coordinates): only the head moves it. It fades in and out
+with the plan's ``rest_weight``, the same ramp that eases the motion to rest.
 """
 
 from __future__ import annotations
@@ -30,19 +31,6 @@ class RestMouth:
     frame: int = -1       # the video frame it was drawn on
     detail: np.ndarray | None = None         # (D, D, 3) float32 that frame's high band (``tasks.detail``)
     detail_points: np.ndarray | None = None  # (V, 2) its tracked mesh in the D crop's pixels
-
-
-def rest_frame(openings: np.ndarray, yaw: np.ndarray, usable: np.ndarray, share: float = 0.1) -> int:
-    """The frame to draw the rest mouth on: frontal, its real mouth as closed as the speaker's rest
-    (the opening of their least open ``share`` of frames), so its own lips and skin are the detail."""
-    idx = np.flatnonzero(usable)
-    opening = np.nan_to_num(openings[idx], nan=np.inf)
-    finite = np.isfinite(opening)
-    if not finite.any():
-        return int(idx[0])
-    rest = np.quantile(opening[finite], share)
-    score = np.abs(opening - rest) / (opening[finite].std() + 1e-6) + np.abs(np.nan_to_num(yaw[idx])) / 15.0
-    return int(idx[int(np.argmin(score))])
 
 
 def hold_still(generated: np.ndarray, new_verts: np.ndarray, weight: np.ndarray, rest: RestMouth) -> np.ndarray:
@@ -84,4 +72,4 @@ def fill_opening(crop: np.ndarray, verts: np.ndarray, weight: float, rest: RestM
     crop[:] = np.clip(crop * (1 - a) + moved * a + 0.5, 0, 255).astype(np.uint8)
 
 
-__all__ = ["RestMouth", "fill_opening", "hold_still", "rest_frame"]
+__all__ = ["RestMouth", "fill_opening", "hold_still"]

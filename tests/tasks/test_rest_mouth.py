@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.landmarks import INNER_LIP_RING, LIPS
-from tasks.rest_mouth import RestMouth, hold_still, rest_frame
+from tasks.dub_plan import frontal_frame
+from tasks.rest_mouth import RestMouth, hold_still
 
 
 def face_points(size: int = 64) -> np.ndarray:
@@ -42,6 +43,6 @@ def test_rest_frame_is_frontal_and_as_closed_as_the_speaker_at_rest():
     openings = np.array([0.30, 0.02, 0.03, 0.25, 0.031, np.nan, 0.2, 0.15, 0.12, 0.1, 0.18, 0.22], np.float32)
     yaw = np.array([0, 30, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0], np.float32)
     usable = np.ones(len(openings), bool)
-    assert rest_frame(openings, yaw, usable) in (2, 4)            # not the turned frame 1, nor an open one
+    assert frontal_frame(openings, yaw, usable, 0.1) in (2, 4)            # not the turned frame 1, nor an open one
     usable[[2, 4]] = False
-    assert rest_frame(openings, yaw, usable) not in (0, 3, 5)
+    assert frontal_frame(openings, yaw, usable, 0.1) not in (0, 3, 5)
