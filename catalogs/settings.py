@@ -186,9 +186,8 @@ class Settings(BaseSettings):
     motion_gain: float = Field(1.0, gt=0, description="The predicted mouth moves this many times as far from the "
                                "speaker's mouth at rest (tasks.dub_plan.articulate); 1: as the Style-SyncFormer predicts. "
                                "Chosen on zero-shot dubs of the base's 7 held-out train/ speakers: with the bundled "
-                               "base 1.0 (median re-tracked amplitude 0.89 of the real mouth's, LMD 1.05x static's) "
-                               "beat 1.3 (1.06, LMD 1.12x; worse on 8 of 9 clips). The base before it damped the "
-                               "mesh it was given, and needed 1.3.")
+                               "base 1.3 opened the mouth wider than the real one and made LMD worse on 8 of 9 clips. "
+                               "The base before it damped the mesh it was given, and needed 1.3.")
     detail_transfer: bool = Field(True, description="Carry the frame's own skin and lip texture over onto the redrawn "
                                   "lower face, moved with the mesh (tasks/detail.py): the generator draws shape, shading "
                                   "and teeth, the texture stays the person's. Never used by face swapping.")
@@ -197,9 +196,8 @@ class Settings(BaseSettings):
     detail_from: float = Field(0.125, gt=0, le=1, description="Texture carried over is what a crop of this fraction of "
                                "the model crop's side cannot hold: 1 only what the model crop cannot, 0.5 also its finest "
                                "octave, 0.125 all but the coarse shading. Chosen on zero-shot dubs of the base's 7 held-out "
-                               "train/ speakers: 0.125 against 0.5, lower-face PSNR 24.2 -> 25.6 dB, mouth sharpness 0.52 -> "
-                               "0.69 of the real one's, identity distance 0.327 -> 0.245, the mouth in pauses 4.75 -> 2.06x "
-                               "its closed opening (0.25 lay between).")
+                               "train/ speakers: against 0.5 and 0.25, 0.125 gave the highest lower-face PSNR, the sharpest "
+                               "mouth, the lowest identity distance and the most closed mouth in pauses.")
     mouth_interior: bool = Field(False, description="Fill the drawn mouth's opening with the teeth and tongue of one "
                                  "open-mouth frame of the speaker, each row moved with its lip (tasks/mouth_interior.py), "
                                  "where the generator paints a grey blur; needs detail transfer; never used by face "
@@ -219,13 +217,13 @@ class Settings(BaseSettings):
                                         "`resync sync` judge audio-visual sync with; default: the bundled models/weights/sync-expert.")
     qa_min_face_coverage: float = Field(0.5, description="Review below this share of frames redrawn.")
     qa_max_av_offset_frames: float = Field(3.0, description="Review when the sync expert finds the mouth lagging or leading "
-                                           "the speech by more frames (real clips of its held-out speakers: within 3).")
+                                           "the speech by more frames (the real clips of its held-out speakers stay within it).")
     qa_min_av_confidence: float = Field(0.16, description="Review when the sync expert's confidence (median minus minimum "
                                         "distance over offsets) is below this: the mouth follows this speech no better than "
-                                        "another clip's speech. Set between its held-out speakers' real clips (>= 0.186) and "
-                                        "their mouths against other clips' audio (<= 0.141).")
+                                        "another clip's speech. Set between its held-out speakers' real clips and their mouths "
+                                        "against other clips' audio.")
     qa_max_av_distance: float = Field(1.15, description="Review when the sync expert's distance at the best offset is above "
-                                      "this (its held-out speakers' real clips: <= 1.09).")
+                                      "this (above its held-out speakers' real clips).")
     qa_max_mesh_error_px: float = Field(10.0, description="Review when re-tracked lips miss the planned ones by more (px in a 256 crop).")
     qa_max_identity_distance: float = Field(0.6, description="Review above this dlib descriptor distance between source and output.")
     qa_min_sharpness_ratio: float = Field(0.5, description="Review when the mouth keeps less than this share of the source's sharpness.")

@@ -114,8 +114,8 @@ def generator_data(clips: list[PreparedClip], batch: int = 64) -> GeneratorData:
 BASE_HOLDOUT = 0.3
 VAL_SPEAKER_SHARE = 0.15
 # Weight of the mouth-opening concordance loss in the Style-SyncFormer recipes. On train/'s held-out
-# speakers (two seeds, 200 s each) it raised the selected concordance 0.52/0.49 -> 0.60/0.59 and the
-# mouth-opening correlation 0.61/0.55 -> 0.66/0.59 (0.01 and 0.05 scored alike).
+# speakers (two seeds, 200 s each) it raised the concordance the recipe selects by and the
+# mouth-opening correlation, for both seeds (0.01 and 0.05 scored alike).
 OPENING_WEIGHT = 0.02
 # A quarter of every batch trains face swapping (the whole face masked, drawn from the reference):
 # the recipe that lets one model do lip sync and face swaps (DESIGN section 2).
