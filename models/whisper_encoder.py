@@ -2,12 +2,12 @@
 
 Why not CTranslate2 itself: its ``encode`` returns only the last layer, and for mouths the last
 layer is not the best. Whisper's last block is shaped for the text decoder's cross-attention; one
-block earlier the states still say more about how the sound is made. Measured on the shared
-clips with ridge probes of mouth opening (7 feature frames per video frame, lambda 3000): per-speaker
-(fit 70% -> eval 30%) mean r 0.354 after block 3 of tiny.en's 4 against 0.337 for the final output,
-0.654 against 0.594 on the long 60-s clip; leave-one-speaker-out mean r 0.571 against 0.542. The
-Style-SyncFormer trained on each (pooled, three seeds): held-out r on the long clip 0.654 against
-0.526, frame-weighted over all clips 0.575 against 0.562. The same network in PyTorch also runs a
+block earlier the states still say more about how the sound is made. Ridge probes of mouth opening
+(the Style-SyncFormer's 7 feature frames per video frame, lambda 3000), leave-one-speaker-out over
+the 44 speakers of ../shared/data/train/: the states after block 3 of tiny.en's 4 predicted the
+left-out speaker's opening better than the final output on 43 of 52 clips (mean r 0.598 against
+0.509); after block 2, about as well as after block 3. (First chosen on the shared clips of the
+time, before train/ existed; re-checked on train/ alone 2026-12-07.) The same network in PyTorch also runs a
 30-s window faster on this CPU (0.20 s against 0.28 s for CTranslate2 float32, 2 threads).
 
 The weights are parsed from CTranslate2's ``model.bin`` (a plain binary layout: name, shape,
