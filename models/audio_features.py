@@ -1,8 +1,9 @@
 """Audio features for the Style-SyncFormer: a pretrained speech encoder, resampled to video frames.
 
 With little footage per speaker the audio representation decides whether mouths generalise across
-speakers (cross-speaker ridge regression to mouth opening, on the shared clips before train/
-existed, read far more from Whisper encoder states than from log-mel), so the default is the encoder of Whisper tiny.en (one block short of its output).
+speakers (cross-speaker ridge regression to mouth opening read far more from Whisper encoder states
+than from log-mel; measured before train/ existed, on shared clips that included videos/, and not
+re-run since), so the default is the encoder of Whisper tiny.en (one block short of its output).
 
 Every extractor maps float32 mono 16 kHz samples to (n_frames, dim) float32 at ``rate_hz``; frame
 ``i`` describes the audio around ``offset_s + i / rate_hz`` seconds. ``to_video_rate`` turns that
@@ -206,9 +207,9 @@ class WhisperEncoderFeatures:
     ``skip_blocks`` leaves out that many blocks at the end. The default, 1, reads the states one
     block before Whisper's output, which predict mouths better (leave-one-speaker-out ridge probes
     of mouth opening over train/'s speakers; see ``models.whisper_encoder``); 0 gives Whisper's own
-    output (after its final layer norm), which is what CTranslate2's ``encode`` returns and keeps the name features had when
-    CTranslate2 computed them, so models trained on those still find theirs. The model loads
-    lazily, so a cache hit needs no model.
+    output (after its final layer norm), which is what CTranslate2's ``encode`` returns and keeps
+    the name features had when CTranslate2 computed them, so models trained on those still find
+    theirs. The model loads lazily, so a cache hit needs no model.
     """
 
     offset_s = 0.0

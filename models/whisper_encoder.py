@@ -7,8 +7,8 @@ block earlier the states still say more about how the sound is made. Ridge probe
 the 44 speakers of ../shared/data/train/: the states after block 3 of tiny.en's 4 predicted the
 left-out speaker's opening better than the final output on 43 of 52 clips (mean r 0.598 against
 0.509); after block 2, about as well as after block 3. (First chosen on the shared clips of the
-time, before train/ existed; re-checked on train/ alone 2026-12-07.) The same network in PyTorch also runs a
-30-s window faster on this CPU (0.20 s against 0.28 s for CTranslate2 float32, 2 threads).
+time, before train/ existed; re-checked on train/ alone 2026-12-07.) The same network in PyTorch
+also runs a 30-s window faster on this CPU (0.20 s against 0.28 s for CTranslate2 float32, 2 threads).
 
 The weights are parsed from CTranslate2's ``model.bin`` (a plain binary layout: name, shape,
 dtype, bytes per variable; nothing is unpickled), so the one Whisper folder on a machine serves
