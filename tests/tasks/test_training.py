@@ -1,7 +1,7 @@
 """Training on one real clip within CPU-minutes: both learned parts must be able to learn it.
 
 The Style-SyncFormer overfits its training frames (vertex error falls at least 5x); the generator,
-from random weights, must raise the lower-face PSNR of held-out frames by at least 6 dB. Then the
+from random weights, must raise the lower-face PSNR of held-out frames by at least 10 dB in 40 steps. Then the
 per-speaker path: a fine-tuned model is saved with its lineage and loads back.
 """
 
@@ -85,9 +85,11 @@ def test_generator_learns_held_out_mouths(clip):
     torch.manual_seed(0)
     model = ReSyncer.new("cpu")
     data = generator_data([c])
-    cfg = GeneratorTraining(steps=120, batch=8, eval_every=40, adv_start=10_000, patience=100, max_eval_frames=32)
+    # 40 steps: measured -2.3 dB at the start, 10.6 after 20 steps, 14.7 after 40 (24.7 after 120, the
+    # old length, which cost 80 s of CI more and tested nothing the first 40 do not)
+    cfg = GeneratorTraining(steps=40, batch=8, eval_every=20, adv_start=10_000, patience=100, max_eval_frames=32)
     summary = train_generator(model.generator, model.discriminator, data, cfg)
-    assert summary["val_lower_psnr_best"] > summary["val_lower_psnr_start"] + 6, summary
+    assert summary["val_lower_psnr_best"] > summary["val_lower_psnr_start"] + 10, summary
 
 
 def test_finetune_records_lineage(clip, tmp_path):
