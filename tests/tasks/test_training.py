@@ -1,8 +1,8 @@
 """Training on one real clip within CPU-minutes: both learned parts must be able to learn it.
 
 The Style-SyncFormer overfits its training frames (vertex error falls at least 5x); the generator,
-from random weights, must raise the lower-face PSNR of held-out frames by at least 10 dB in 40 steps. Then the
-per-speaker path: a fine-tuned model is saved with its lineage and loads back.
+from random weights, must raise the lower-face PSNR of held-out frames by at least 10 dB in 40
+steps. Then the per-speaker path: a fine-tuned model is saved with its lineage and loads back.
 """
 
 from __future__ import annotations
