@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from catalogs.delta import DeltaTables
+from catalogs.errors import ErrorClass, classify
 from catalogs.plan import PlannedItem, Shard, make_shards
 from catalogs.runs import RunLog
 from catalogs.schemas import DUBS_TABLE
@@ -56,7 +57,8 @@ class RunSummary:
     wall_s: float
     video_seconds: float
     failures: dict[str, int] = field(default_factory=dict)
-    failed_shards: list[str] = field(default_factory=list)
+    # Shards that failed after their retries (their items stay pending): shard id -> error class.
+    failed_shards: dict[str, str] = field(default_factory=dict)
     manifest_version: int | None = None
     # Where the actor pools ran at the end of the run: pool, Ray node id and address, pid, resources.
     actors: list[dict] = field(default_factory=list)
@@ -86,20 +88,30 @@ def shard_task(settings: Settings):
                                   timeout_seconds=settings.shard_timeout_s + settings.shard_commit_grace_s)
 
 
-def dub_shards(settings: Settings, run_id: str, shards: list[Shard]) -> list[str]:
-    """Submit every shard (at most ``shards_in_flight`` at a time); returns the ids of shards that failed."""
+def shard_error_class(state) -> ErrorClass:
+    """The class of the error a failed shard task ended with (``internal`` when it left none)."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception as e:  # its result could not be read back: say what that was
+        error = e
+    return classify(error) if isinstance(error, BaseException) else ErrorClass.INTERNAL
+
+
+def dub_shards(settings: Settings, run_id: str, shards: list[Shard]) -> dict[str, str]:
+    """Submit every shard (at most ``shards_in_flight`` at a time); returns the shards that failed
+    after their retries, each with the class of its last error."""
     if not shards:
-        return []
+        return {}
     connect(settings)  # from the flow's main thread, before shard threads need the cluster
     task = shard_task(settings)
     running: dict = {}          # future -> shard id
-    failed: list[str] = []
+    failed: dict[str, str] = {}
 
     def collect(done) -> None:
         for f in done:
             shard_id = running.pop(f)
             if f.state.is_failed():
-                failed.append(shard_id)
+                failed[shard_id] = str(shard_error_class(f.state))
 
     for shard in shards:
         while len(running) >= settings.shards_in_flight:
@@ -113,7 +125,14 @@ def plan_shards(items: list[PlannedItem], settings: Settings, limit: int | None)
     return make_shards(items[:limit] if limit else items, settings.shard_size)
 
 
-def finish_run(settings: Settings, kind: str, run_id: str, planned: int, failed_shards: list[str],
+def failed_shards_message(failed_shards: dict[str, str]) -> str:
+    """Why a run failed, naming the error classes (a person reprocesses by class) and the shards."""
+    classes = ", ".join(sorted(set(failed_shards.values())))
+    return (f"{len(failed_shards)} shard(s) failed after retries [{classes}]; their items stay pending: "
+            f"{', '.join(sorted(failed_shards))}")
+
+
+def finish_run(settings: Settings, kind: str, run_id: str, planned: int, failed_shards: dict[str, str],
                started: float) -> RunSummary:
     """Count the run's rows in the manifest (the truth, whatever the retries did), close the run
     row and publish the Prefect artifact."""
@@ -153,7 +172,8 @@ def run_report(summary: RunSummary, settings: Settings, tables: DeltaTables, run
         lines += [f"| {a['pool']} | `{a['node_id'][:12]}` | {a['node_ip']} | {a['pid']} | "
                   f"{', '.join(f'{k}={v:g}' for k, v in sorted(a['resources'].items()))} |" for a in summary.actors]
     if summary.failed_shards:
-        lines += ["", f"**Shards that failed after retries** (their items stay pending): {', '.join(summary.failed_shards)}"]
+        shards = ", ".join(f"{k} ({c})" for k, c in sorted(summary.failed_shards.items()))
+        lines += ["", f"**Shards that failed after retries** (their items stay pending): {shards}"]
     if summary.failures:
         lines += ["", "## Failures by class", "", "| error class | items |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(summary.failures.items(), key=lambda kv: -kv[1])]

@@ -14,7 +14,8 @@ from catalogs.registry import ModelRegistry
 from catalogs.runs import RunLog, new_run_id
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from flows.dubbing import RunSummary, dub_shards, finish_run, flow_settings, notify, plan_shards
+from flows.dubbing import (RunSummary, dub_shards, failed_shards_message, finish_run, flow_settings, notify,
+                           plan_shards)
 from infra.ray_pools import run_training
 from tasks.model_jobs import finetune_job
 from tasks.model_store import ensure_base_model
@@ -74,5 +75,5 @@ def nightly_localization(root: str | None = None, languages: list[str] | None = 
     failed_shards = dub_shards(settings, run_id, shards)
     summary = finish_run(settings, "nightly", run_id, sum(len(s.items) for s in shards), failed_shards, started)
     if failed_shards:
-        raise RuntimeError(f"{len(failed_shards)} shard(s) failed after retries; their items stay pending: {failed_shards}")
+        raise RuntimeError(failed_shards_message(failed_shards))
     return summary

@@ -19,7 +19,8 @@ from catalogs.plan import Shard, plan_items
 from catalogs.runs import RunLog, new_run_id
 from catalogs.settings import Settings
 from catalogs.storage import Storage
-from flows.dubbing import RunSummary, dub_shards, finish_run, flow_settings, notify, plan_shards
+from flows.dubbing import (RunSummary, dub_shards, failed_shards_message, finish_run, flow_settings, notify,
+                           plan_shards)
 from tasks.model_store import ensure_base_model
 
 
@@ -69,5 +70,5 @@ def reprocess_failed(root: str | None = None, run: str | None = None, error_clas
     failed_shards = dub_shards(settings, run_id, shards)
     summary = finish_run(settings, "reprocess", run_id, sum(len(s.items) for s in shards), failed_shards, started)
     if failed_shards:
-        raise RuntimeError(f"{len(failed_shards)} shard(s) failed after retries: {failed_shards}")
+        raise RuntimeError(failed_shards_message(failed_shards))
     return summary

@@ -39,3 +39,23 @@ def test_flows_refuse_an_unknown_run_or_error_class(tmp_path):
     with pytest.raises(KeyError, match="'typo'"):
         reprocess_failed.fn(root=root, run="typo")
     assert [r["run_id"] for r in RunLog(DeltaTables(Storage(Settings(root=root)))).all()] == ["nightly-known"]
+
+
+def test_a_failed_shard_is_named_with_the_class_of_its_error():
+    """A run whose shard failed after its retries says why by class (a person reprocesses by class):
+    the state is made by Prefect's own ``exception_to_failed_state``, as its engine makes a failed
+    task's; an error that is not ours is ``internal``, a state without one too."""
+    import asyncio
+
+    from prefect.states import Failed, exception_to_failed_state
+
+    from catalogs.errors import ErrorClass, ResyncError
+    from flows.dubbing import failed_shards_message, shard_error_class
+
+    gone = ResyncError(ErrorClass.STORAGE_ERROR, "OSError: connection refused", item="s3://b/root/manifests/dubs")
+    assert shard_error_class(asyncio.run(exception_to_failed_state(gone))) == ErrorClass.STORAGE_ERROR
+    assert shard_error_class(asyncio.run(exception_to_failed_state(ValueError("a bug")))) == ErrorClass.INTERNAL
+    assert shard_error_class(Failed()) == ErrorClass.INTERNAL
+    message = failed_shards_message({"shard-b": "storage_error", "shard-a": "internal", "shard-c": "storage_error"})
+    assert message == ("3 shard(s) failed after retries [internal, storage_error]; their items stay pending: "
+                       "shard-a, shard-b, shard-c")
