@@ -2,7 +2,7 @@
 
 Between the run and the moto server sits a TCP forwarder of the test's own (tests/tcp_proxy.py);
 cutting it refuses new connections and resets open ones, as when the endpoint's host goes down.
-About 15 s of outage while a dubbing actor is at work, then the endpoint is back. The run may ride
+About 8 s of outage while a dubbing actor is at work, then the endpoint is back. The run may ride
 it out (retries with backoff) or end with ``storage_error`` rows or a failed shard (exit 3 or 1);
 either way what is left a rerun finishes (one that rode it out leaves nothing to plan), and then: every item has exactly one success, nothing is
 duplicated, every failure is a ``storage_error``, every published output is whole and named by a
@@ -41,7 +41,7 @@ from tests.tcp_proxy import CuttableProxy
 pytestmark = [pytest.mark.media, pytest.mark.s3]
 
 LANGS = {"fr": "french1.wav", "de": "german1.wav"}
-OUTAGE_S = 15.0
+OUTAGE_S = 8.0
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def summary_of(stdout: str) -> dict | None:
     return json.loads(stdout[start:]) if start >= 0 else None
 
 
-# How the run meets the outage: with the default retries (it should ride 15 s out), and with retry
+# How the run meets the outage: with the default retries (it should ride 8 s out), and with retry
 # budgets shorter than the outage and no shard retries (it must give up cleanly, then a rerun finishes).
 BUDGETS = {"default retries": {},
            "short retries": {"RESYNC_S3_RETRIES": "1", "RESYNC_S3_RETRY_TIMEOUT_S": "2", "RESYNC_SHARD_RETRIES": "0"}}
@@ -177,7 +177,7 @@ def test_a_storage_outage_mid_run_loses_duplicates_and_half_writes_nothing(
 def test_an_ingest_cut_in_its_middle_lands_everything_or_nothing(
         budget: str, shared_data: Path, s3_endpoint: str, s3_bucket: str, tmp_path: Path, monkeypatch):
     """The media's endpoint goes away halfway through an ingest's requests (counted by a first,
-    uncut ingest of the same listing). With its retries the ingest rides a 15 s outage out; with
+    uncut ingest of the same listing). With its retries the ingest rides an 8 s outage out; with
     none it exits 1 naming storage_error, having committed nothing and blamed no row; then the
     same ingest lands every row. The catalog's committed versions read as they were."""
     from typer.testing import CliRunner

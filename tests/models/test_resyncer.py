@@ -125,11 +125,23 @@ def test_one_style_for_the_batch_folds_into_the_weights_exactly():
     assert torch.allclose(folded, per_sample, atol=1e-5)
 
 
-def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_across_weights(tmp_path):
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[ReSyncer, Path]:
+    """small()'s generator compiled ahead of time (batch 8) into a package folder, and the model that
+    compiled it: compiling is most of the time of the tests below, so they share one compile."""
+    folder = tmp_path_factory.mktemp("compiled")
+    model = small()
+    model.compile_cache_dir = str(folder)
+    codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
+    model.render(torch.rand(8, 1, 32, 32), torch.rand(8, 3, 32, 32) * 2 - 1, codes, compiled=True, batch=8)
+    assert not model._compile_failed
+    return model, folder
+
+
+def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_across_weights(compiled):
     """The ahead-of-time package: compiled once, matching eager on short (padded) and long (split)
     batches; a model with other weights loads the same package with its own weights."""
-    model = small()
-    model.compile_cache_dir = str(tmp_path)
+    model, tmp_path = compiled
     codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
     mesh, masked = torch.rand(11, 1, 32, 32), torch.rand(11, 3, 32, 32) * 2 - 1
     eager = model.render(mesh, masked, codes)
@@ -164,13 +176,10 @@ def test_configs_without_audio_offsets_read_the_frame_at_its_time():
     assert 0 in ahead and max(ahead) > -min(ahead)
 
 
-def test_a_compiled_package_loads_without_importing_inductor(tmp_path):
+def test_a_compiled_package_loads_without_importing_inductor(compiled):
     """A new process (every ``resync dub``) loads a compiled package and runs it without importing
     Inductor, Dynamo and SymPy, which cost the dub's first chunk most of a second."""
-    model = small()
-    model.compile_cache_dir = str(tmp_path)
-    codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
-    model.render(torch.rand(8, 1, 32, 32), torch.rand(8, 3, 32, 32), codes, compiled=True, batch=8)  # compiles
+    tmp_path = compiled[1]
     script = f"""
 import sys, torch
 from tests.models.test_resyncer import small
