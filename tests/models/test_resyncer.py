@@ -141,7 +141,7 @@ def compiled(tmp_path_factory) -> tuple[ReSyncer, Path]:
 def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_across_weights(compiled):
     """The ahead-of-time package: compiled once, matching eager on short (padded) and long (split)
     batches; a model with other weights loads the same package with its own weights."""
-    model, tmp_path = compiled
+    model, folder = compiled
     codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
     mesh, masked = torch.rand(11, 1, 32, 32), torch.rand(11, 3, 32, 32) * 2 - 1
     eager = model.render(mesh, masked, codes)
@@ -150,17 +150,17 @@ def test_compiled_render_matches_eager_pads_and_splits_batches_and_is_shared_acr
     assert torch.allclose(compiled, eager, atol=1e-4)
     channels_last = masked.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the strides images come with
     assert torch.allclose(model.render(mesh, channels_last, codes, compiled=True, batch=8), eager, atol=1e-4)
-    packages = list(tmp_path.glob("*.pt2"))
+    packages = list(folder.glob("*.pt2"))
     assert len(packages) == 1
     stamp = packages[0].stat().st_mtime_ns
 
     other = small(seed=1)                         # other weights, same configuration
-    other.compile_cache_dir = str(tmp_path)
+    other.compile_cache_dir = str(folder)
     codes = other.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
     mine = other.render(mesh[:8], masked[:8], codes, compiled=True, batch=8)
     assert torch.allclose(mine, other.render(mesh[:8], masked[:8], codes), atol=1e-4)
     assert not torch.allclose(mine, model.render(mesh[:8], masked[:8], codes), atol=1e-2)
-    assert list(tmp_path.glob("*.pt2")) == packages and packages[0].stat().st_mtime_ns == stamp  # not recompiled
+    assert list(folder.glob("*.pt2")) == packages and packages[0].stat().st_mtime_ns == stamp  # not recompiled
 
 
 def test_configs_without_audio_offsets_read_the_frame_at_its_time():
@@ -179,12 +179,12 @@ def test_configs_without_audio_offsets_read_the_frame_at_its_time():
 def test_a_compiled_package_loads_without_importing_inductor(compiled):
     """A new process (every ``resync dub``) loads a compiled package and runs it without importing
     Inductor, Dynamo and SymPy, which cost the dub's first chunk most of a second."""
-    tmp_path = compiled[1]
+    folder = compiled[1]
     script = f"""
 import sys, torch
 from tests.models.test_resyncer import small
 model = small()
-model.compile_cache_dir = {str(tmp_path)!r}
+model.compile_cache_dir = {str(folder)!r}
 codes = model.reference_codes(torch.rand(3, 32, 32) * 2 - 1)
 mesh, masked = torch.rand(5, 1, 32, 32), torch.rand(5, 3, 32, 32) * 2 - 1
 compiled = model.render(mesh, masked, codes, compiled=True, batch=8)
