@@ -34,8 +34,10 @@ from tests.conftest import REPO, run_ffmpeg
 # The catalog's videos are the clips' openings, re-encoded in their own codec: the tests are about
 # the orchestration, and every second of video is seconds of CPU in each of the runs below. woman2's
 # is the longest: the speaker with enough footage for a model of her own (the personalization test).
-CLIPS = {"map": ("speaker_map_5s.mp4", "man", 2.5, "libx264"), "glasses": ("speaker_glasses_5s.mp4", "woman", 2.5, "libx264"),
+CLIPS = {"map": ("speaker_map_5s.mp4", "man", 2.5, "libx264"),
+         "glasses": ("speaker_glasses_5s.mp4", "woman", 2.5, "libx264"),
          "mpeg4": ("address_woman_mpeg4_8s.mp4", "woman2", 4.0, "mpeg4")}
+ENCODER_ARGS = {"libx264": ["-preset", "veryfast"], "mpeg4": ["-q:v", "3"]}
 LANGS = {"fr": "french1.wav", "de": "german1.wav"}
 
 
@@ -71,8 +73,8 @@ class World:
         out = self.local / "clips" / name
         if not out.exists():
             out.parent.mkdir(exist_ok=True)
-            run_ffmpeg("-i", str(self.shared / "videos" / name), "-t", str(seconds), "-c:v", codec, "-q:v", "3",
-                       "-pix_fmt", "yuv420p", "-c:a", "aac", str(out))
+            run_ffmpeg("-i", str(self.shared / "videos" / name), "-t", str(seconds), "-c:v", codec,
+                       *ENCODER_ARGS[codec], "-pix_fmt", "yuv420p", "-c:a", "aac", str(out))
         return out
 
     def put(self, local: Path, name: str) -> str:
