@@ -148,6 +148,53 @@ def swap_flags(n: int, share: float, gen: torch.Generator) -> torch.Tensor:
     return flags
 
 
+@dataclass
+class MaskedTarget:
+    """A batch's generator input: the target with its redrawn region blanked (and, for face swaps,
+    filled with the reference's texture), and the mask of that region."""
+    image: torch.Tensor
+    mask: torch.Tensor
+
+
+def sample_batch(data: GeneratorData, train_idx: torch.Tensor, cfg: GeneratorTraining, gen: torch.Generator,
+                 swapping: bool, dev: str) -> tuple[torch.Tensor, torch.Tensor, MaskedTarget, torch.Tensor]:
+    """One training batch as the generator recipe draws it: (real, mesh, masked target, reference
+    crops). Lip-sync samples mask the lower face (widened for a share, ``cfg.jaw_share``); a share
+    (``cfg.swap_share``, when ``swapping``) masks the whole face and fills it from the reference."""
+    i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
+    r = references(data, i, gen, train_idx)
+    real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+    if cfg.jaw_share > 0:
+        mask = widened_masks(data, mask, references(data, i, gen, train_idx),
+                             torch.rand(len(i), generator=gen) < cfg.jaw_share)
+    texture = cover = None
+    if swapping:
+        swap = swap_flags(len(i), cfg.swap_share, gen).to(dev)[:, None, None, None]
+        mask = torch.where(swap, data.face_masks[i].to(dev), mask)
+        texture, cover = swap_texture(data, i, r)
+        texture, cover = texture.to(dev), cover.to(dev) * swap
+    return real, mesh, MaskedTarget(masked_target(real, mask, texture, cover), mask), data.crops[r].to(dev)
+
+
+def discriminator_step(d: Discriminator, d_opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+                       step: int, r1_every: int) -> float:
+    """One step of D on a batch of real and drawn crops, with the lazy R1 penalty every ``r1_every``."""
+    real_in = real.detach().requires_grad_(step % r1_every == 0)
+    real_logit = d(real_in)
+    d_loss = discriminator_adversarial(real_logit, d(fake.detach()))
+    if step % r1_every == 0:
+        d_loss = d_loss + d.cfg_r1_gamma / 2 * r1_penalty(real_logit, real_in) * r1_every
+    d_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    d_opt.step()
+    return float(d_loss.detach())
+
+
+def can_swap(data: GeneratorData, cfg: GeneratorTraining) -> bool:
+    """Whether the recipe trains face swaps and the data carries what they need."""
+    return cfg.swap_share > 0 and data.face_masks is not None and data.verts is not None
+
+
 def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: GeneratorTraining,
                     perceptual: torch.nn.Module | None = None) -> dict:
     """Train in place; keeps the best held-out weights. Returns a summary with the metric history.
@@ -168,7 +215,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     if len(val_idx) > cfg.max_eval_frames:
         val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
     val_ref = references(data, val_idx, gen, ref_pool)  # fixed references: comparable evaluations
-    swapping = cfg.swap_share > 0 and data.face_masks is not None and data.verts is not None
+    swapping = can_swap(data, cfg)
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()
@@ -178,21 +225,11 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     first_face = evaluate(g, data, val_idx, val_ref, swap=True) if swapping else None
     stopper, step = EarlyStopping(g, first, cfg.patience, higher_is_better=True), 0
     for step in range(1, cfg.steps + 1):
-        i = train_idx[torch.randint(0, len(train_idx), (cfg.batch,), generator=gen)]
-        r = references(data, i, gen, train_idx)
-        real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
-        if widening:
-            mask = widened_masks(data, mask, references(data, i, gen, train_idx),
-                                 torch.rand(len(i), generator=gen) < cfg.jaw_share)
-        texture = cover = None
-        if swapping:
-            swap = swap_flags(len(i), cfg.swap_share, gen).to(dev)[:, None, None, None]
-            mask = torch.where(swap, data.face_masks[i].to(dev), mask)
-            texture, cover = swap_texture(data, i, r)
-            texture, cover = texture.to(dev), cover.to(dev) * swap
+        real, mesh, masked, ref = sample_batch(data, train_idx, cfg, gen, swapping, dev)
+        mask = masked.mask
         adversarial = step > cfg.adv_start
         with autocast(torch.device(dev), cfg.amp):
-            fake = g(mesh, masked_target(real, mask, texture, cover), data.crops[r].to(dev)).float()
+            fake = g(mesh, masked.image, ref).float()
         loss = weighted_l1(fake, real, mask, cfg.mouth_weight) + cfg.ssim_weight * ms_ssim_loss(fake, real)
         if perceptual is not None:
             loss = loss + cfg.perceptual_weight * perceptual(fake, real)
@@ -209,14 +246,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         if step % cfg.log_every == 0:
             cfg.log.append({"step": step, "loss": float(loss.detach()), "seconds": time.monotonic() - start})
         if adversarial:
-            real_in = real.detach().requires_grad_(step % cfg.r1_every == 0)
-            real_logit = d(real_in)
-            d_loss = discriminator_adversarial(real_logit, d(fake.detach()))
-            if step % cfg.r1_every == 0:
-                d_loss = d_loss + d.cfg_r1_gamma / 2 * r1_penalty(real_logit, real_in) * cfg.r1_every
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
+            discriminator_step(d, d_opt, real, fake, step, cfg.r1_every)
         out_of_time = cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s
         # the last step before the budget runs out is evaluated too (see train_syncformer)
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
@@ -241,4 +271,63 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
     return summary
 
 
-__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "lower_face_psnr", "swap_flags", "swap_texture"]
+def discriminator_accuracy(g: Generator, d: Discriminator, data: GeneratorData, idx: torch.Tensor,
+                           ref_idx: torch.Tensor, batch: int = 16) -> float:
+    """Share of held-out real crops D scores above zero and of the generator's redrawings of them
+    (lower face masked, reference from ``ref_idx``) it scores below: how well D tells them apart."""
+    g.eval()
+    d.eval()
+    dev = next(g.parameters()).device
+    right, seen = 0, 0
+    with torch.no_grad():
+        for lo in range(0, len(idx), batch):
+            i, r = idx[lo:lo + batch], ref_idx[lo:lo + batch]
+            real, mesh, mask = data.crops[i].to(dev), data.meshes[i].to(dev), data.masks[i].to(dev)
+            fake = g(mesh, masked_target(real, mask), data.crops[r].to(dev)).float()
+            right += int((d(real) > 0).sum()) + int((d(fake) < 0).sum())
+            seen += 2 * len(i)
+    d.train()
+    return right / max(seen, 1)
+
+
+def train_discriminator(g: Generator, d: Discriminator, data: GeneratorData, cfg: GeneratorTraining) -> dict:
+    """Train D alone against a frozen generator, on batches drawn as the generator recipe draws them.
+
+    Why: a fine-tune is a few hundred generator steps; a D that starts from random weights has
+    learnt nothing by the time they are spent, so the reconstruction losses alone pull the drawing to
+    the speaker's mean (soft) mouth. A D that already knows the base's drawings from real frames
+    can push back from the first step. Keeps the last weights; reports held-out accuracy."""
+    dev = cfg.device
+    g.to(dev).eval().requires_grad_(False)
+    d.to(dev).train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    train_idx, val_idx = split(data, cfg.val_fraction)
+    if len(val_idx) == 0:
+        val_idx = train_idx
+    ref_pool = val_idx if by_speaker(data) else train_idx
+    if len(val_idx) > cfg.max_eval_frames:
+        val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
+    val_ref = references(data, val_idx, gen, ref_pool)
+    swapping = can_swap(data, cfg)
+    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
+    start = time.monotonic()
+    first = discriminator_accuracy(g, d, data, val_idx, val_ref)
+    log, step, d_loss = [], 0, float("nan")
+    for step in range(1, cfg.steps + 1):
+        real, mesh, masked, ref = sample_batch(data, train_idx, cfg, gen, swapping, dev)
+        with torch.no_grad(), autocast(torch.device(dev), cfg.amp):
+            fake = g(mesh, masked.image, ref).float()
+        d_loss = discriminator_step(d, d_opt, real, fake, step, cfg.r1_every)
+        out_of_time = cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s
+        if step % cfg.eval_every == 0 or out_of_time:
+            log.append({"step": step, "d_loss": d_loss, "val_accuracy": discriminator_accuracy(g, d, data, val_idx, val_ref),
+                        "seconds": time.monotonic() - start})
+        if out_of_time:
+            break
+    g.requires_grad_(True)
+    return {"steps": step, "seconds": time.monotonic() - start, "val_accuracy_start": first,
+            "val_accuracy_end": discriminator_accuracy(g, d, data, val_idx, val_ref), "d_loss_end": d_loss, "log": log}
+
+
+__all__ = ["GeneratorData", "GeneratorTraining", "train_generator", "train_discriminator", "lower_face_psnr", "swap_flags", "swap_texture"]
