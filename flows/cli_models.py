@@ -133,8 +133,9 @@ def _train_common(root, s3_endpoint_url, audio_features):
     return settings, storage, features, model_store.feature_cache(settings)
 
 
-def _budgets(plan, sync_seconds: float | None, gen_seconds: float | None, seed: int):
-    plan.with_budgets(sync_seconds, gen_seconds)
+def _budgets(plan, sync_seconds: float | None, gen_seconds: float | None, seed: int,
+             disc_seconds: float | None = None):
+    plan.with_budgets(sync_seconds, gen_seconds, disc_seconds)
     plan.seed = plan.syncformer.seed = plan.generator.seed = seed
     return plan
 
@@ -170,6 +171,10 @@ def train_base(
     config: str = typer.Option("cpu", "--config", help="Model configuration: cpu (128 px, 2 cores) or full (256 px, GPU)."),
     sync_seconds: Optional[float] = typer.Option(None, "--syncformer-seconds", help="Time budget of the Style-SyncFormer (default 240; 0 leaves it as it is)."),
     gen_seconds: Optional[float] = typer.Option(None, "--generator-seconds", help="Time budget of the generator (default 1200; 0 leaves it as it is)."),
+    disc_seconds: Optional[float] = typer.Option(None, "--discriminator-seconds", min=0.0, help="Time budget of a last "
+                                                 "phase that trains the discriminator alone against the finished "
+                                                 "generator (default 0: none); the model keeps it, and fine-tunes from "
+                                                 "it start their adversarial game with it at their first step."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     sync_loss_weight: float = typer.Option(0.0, "--sync-loss-weight", min=0.0, help="Weight of the bundled sync "
                                            "expert as a Style-SyncFormer loss (0: off, the recipe; on train/'s "
@@ -195,7 +200,8 @@ def train_base(
 
         uris, speakers = labelled_videos(storage, listing) if listing else (list(videos), None)
         start = model_store.load_model(settings, resume) if resume else None
-        plan = _budgets(TrainingPlan(config=start.config.name if start else config), sync_seconds, gen_seconds, seed)
+        plan = _budgets(TrainingPlan(config=start.config.name if start else config), sync_seconds, gen_seconds, seed,
+                        disc_seconds)
         if val_speakers is not None:
             plan.val_speaker_share = val_speakers
         plan.syncformer.sync_weight = sync_loss_weight

@@ -55,6 +55,9 @@ class ReSyncer(nn.Module):
         self.generator = Generator(config.generator)
         self.discriminator = Discriminator(config.discriminator)
         self.version: str | None = None
+        # Whether the discriminator's weights are trained ones (loaded from a checkpoint that carries
+        # them) rather than a fresh initialisation: a fine-tune lets a trained one play from its first step.
+        self.discriminator_trained = False
         self.compile_cache_dir: str | None = None  # where compiled generators are kept (None: models.compiled's default)
         self._compiled: dict[tuple[int, bool], Callable] = {}  # (batch, amp) -> AOTInductor runner, made on first use
         self._compile_failed = False
@@ -211,6 +214,7 @@ class ReSyncer(nn.Module):
             part = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
             if part or name != "discriminator":
                 module.load_state_dict(part, strict=True)
+        model.discriminator_trained = any(k.startswith("discriminator.") for k in tensors)
         model.version = version
         return model.to(device).eval()
 

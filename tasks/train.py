@@ -28,7 +28,7 @@ from models.config import get_config, replace
 from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ModelCard, ReSyncer
 from models.sync_expert import ExpertSyncLoss
-from models.train_generator import GeneratorData, GeneratorTraining, train_generator
+from models.train_generator import GeneratorData, GeneratorTraining, train_discriminator, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
 from tasks.audio import load_audio
 from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
@@ -135,14 +135,20 @@ class TrainingPlan:
         steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE,
         jaw_share=JAW_SHARE))
     seed: int = 0
+    # Seconds of a last phase that trains the discriminator alone against the finished generator (0: none),
+    # so that the model carries a D that knows its own drawings (fine-tunes start the adversarial game with it).
+    discriminator_s: float = 0.0
     val_speaker_share: float = VAL_SPEAKER_SHARE  # footage share of whole speakers held out (0: the end of every clip)
     # Which speakers are held out does not follow ``seed``: models trained with other seeds (the
     # members of a Style-SyncFormer ensemble) are selected on the same people, none trained on them.
     split_seed: int = 0
 
-    def with_budgets(self, syncformer_s: float | None, generator_s: float | None) -> "TrainingPlan":
+    def with_budgets(self, syncformer_s: float | None, generator_s: float | None,
+                     discriminator_s: float | None = None) -> "TrainingPlan":
         """Time budgets in seconds (None keeps the recipe's); 0 leaves that part as it is: no step
-        is taken, its held-out metric is still measured."""
+        is taken, its held-out metric is still measured. ``discriminator_s``: the D-only phase."""
+        if discriminator_s is not None:
+            self.discriminator_s = discriminator_s
         for part, seconds in ((self.syncformer, syncformer_s), (self.generator, generator_s)):
             if seconds is not None:
                 part.time_budget_s = seconds
@@ -159,7 +165,8 @@ FINETUNE_GENERATOR_S = 240
 
 def finetune_plan(config: str = "cpu") -> TrainingPlan:
     """The per-speaker recipe: smaller steps from the base; the adversarial game joins after 100 steps
-    (time for a discriminator that starts fresh, as with the bundled base, which ships without one)."""
+    (time for a discriminator that starts fresh) or, from a base that carries a trained one, at the
+    first step (``finetune_speaker``)."""
     return TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=FINETUNE_SYNCFORMER_S,
                                                                      lr=1e-4, opening_weight=OPENING_WEIGHT),
                         generator=GeneratorTraining(steps=5000, time_budget_s=FINETUNE_GENERATOR_S, adv_start=100,
@@ -211,9 +218,18 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
         f"{gen['val_lower_psnr_start']:.2f} -> {gen['val_lower_psnr_best']:.2f} dB"
         + (f", whole-face (swap) PSNR {gen['val_face_psnr_start']:.2f} -> {gen['val_face_psnr_best']:.2f} dB"
            if "val_face_psnr_best" in gen else ""))
-    return {"syncformer": {k: v for k, v in sync.items() if k != "log"},
-            "generator": {k: v for k, v in gen.items() if k != "log"},
-            "log": {"syncformer": sync["log"], "generator": gen["log"]}}
+    summary = {"syncformer": {k: v for k, v in sync.items() if k != "log"},
+               "generator": {k: v for k, v in gen.items() if k != "log"},
+               "log": {"syncformer": sync["log"], "generator": gen["log"]}}
+    if plan.discriminator_s > 0:
+        disc = train_discriminator(model.generator, model.discriminator, data,
+                                   replace(plan.generator, steps=10 ** 9, time_budget_s=plan.discriminator_s, log=[]))
+        say(f"discriminator alone: {disc['steps']} steps in {disc['seconds']:.0f} s, held-out real/drawn accuracy "
+            f"{disc['val_accuracy_start']:.3f} -> {disc['val_accuracy_end']:.3f}")
+        summary["discriminator"] = {k: v for k, v in disc.items() if k != "log"}
+        summary["log"]["discriminator"] = disc["log"]
+    model.discriminator_trained = model.discriminator_trained or gen["steps"] > plan.generator.adv_start or plan.discriminator_s > 0
+    return summary
 
 
 def held_out_speakers(frames: dict[str, int], share: float, seed: int) -> list[str]:
@@ -246,7 +262,7 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
     summary["wall_s"] = time.monotonic() - start
     summary.setdefault("holdout", plan.generator.val_fraction)
     model.card.metrics = {"syncformer": summary["syncformer"], "generator": summary["generator"], "wall_s": summary["wall_s"]}
-    model.save(out_dir)
+    model.save(out_dir, include_discriminator=model.discriminator_trained)   # a never-trained D is not worth keeping
     return model, summary
 
 
@@ -290,9 +306,16 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
             raise ValueError(f"cannot resume: {resume.version} reads audio features {resume.card.audio_features!r}, "
                              f"not {features.name!r} (a fresh Style-SyncFormer can learn the new ones)")
         config = replace(resume.config, syncformer=get_config(plan.config).syncformer) if fresh_syncformer else resume.config
+        if not resume.discriminator_trained:   # nothing of its D to keep: the configuration's own, fresh
+            config = replace(config, discriminator=get_config(plan.config).discriminator)
         model = ReSyncer(config, card)
-        kept = {k: v for k, v in resume.state_dict().items() if not (fresh_syncformer and k.startswith("syncformer."))}
-        model.load_state_dict(kept, strict=not fresh_syncformer)
+        kept = {k: v for k, v in resume.state_dict().items() if not (fresh_syncformer and k.startswith("syncformer."))
+                and (resume.discriminator_trained or not k.startswith("discriminator."))}
+        missing = model.load_state_dict(kept, strict=False).missing_keys
+        fresh = [k for k in missing if not (k.startswith("discriminator.") or fresh_syncformer and k.startswith("syncformer."))]
+        if fresh:
+            raise ValueError(f"cannot resume from {resume.version}: it lacks {len(fresh)} weights, e.g. {fresh[0]}")
+        model.discriminator_trained = resume.discriminator_trained
         model.train()
     else:
         model = ReSyncer.new(plan.config, card)
@@ -323,6 +346,9 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
             raise ValueError(f"base model reads audio features {base.card.audio_features!r}, not {features.name!r}")
         model = ReSyncer(base.config, card)
         model.load_state_dict(base.state_dict())
+        model.discriminator_trained = base.discriminator_trained
+        if base.discriminator_trained:   # a D that already knows the base's drawings plays from the first step
+            plan.generator.adv_start = 0
     else:
         model = ReSyncer.new(plan.config, card)
     model.train()
@@ -334,9 +360,11 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
     return _save(model, summary, plan, start, out_dir)
 
 
-def model_card(model: ReSyncer, summary: dict, command: str, has_discriminator: bool = True) -> str:
-    """A short markdown card: what the model is, on what it was trained, how long, how well."""
+def model_card(model: ReSyncer, summary: dict, command: str, has_discriminator: bool | None = None) -> str:
+    """A short markdown card: what the model is, on what it was trained, how long, how well.
+    ``has_discriminator``: whether its checkpoint keeps a D (default: whether its D was trained)."""
     s, g = summary["syncformer"], summary["generator"]
+    has_discriminator = model.discriminator_trained if has_discriminator is None else has_discriminator
     data = "\n".join(f"- `{Path(u).name}`" for u in model.card.training_data)
     return f"""# ReSyncer {model.card.kind} model `{model.version}` ({model.config.name} configuration)
 
@@ -359,7 +387,7 @@ Self-reconstruction on these clips ({model_holdout(summary)}):
 | part | steps | seconds | start | best |
 |---|---|---|---|---|
 {_opening_row(s)}| Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
-{_generator_rows(g, model.size)}{_swap_row(g, model.size)}
+{_generator_rows(g, model.size)}{_swap_row(g, model.size)}{_discriminator_row(summary.get("discriminator"))}
 Quality against baselines on the held-out frames: `make bench-quality` (see the README).
 """
 
@@ -391,6 +419,13 @@ def _swap_row(g: dict, size: int) -> str:
         return ""
     return (f"| generator as face swap (whole-face PSNR, dB, {size}-px crop, reference from the same speaker) | "
             f"{g['steps']} | {g['seconds']:.0f} | {g['val_face_psnr_start']:.2f} | {g['val_face_psnr_best']:.2f} |\n")
+
+
+def _discriminator_row(d: dict | None) -> str:
+    if d is None:
+        return ""
+    return (f"| discriminator alone, against the finished generator (held-out real/drawn accuracy) | {d['steps']} | "
+            f"{d['seconds']:.0f} | {d['val_accuracy_start']:.3f} | {d['val_accuracy_end']:.3f} |\n")
 
 
 def model_holdout(summary: dict) -> str:

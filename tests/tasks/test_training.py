@@ -13,7 +13,7 @@ import torch
 
 from models.config import CPU
 from models.resyncer import ModelCard, ReSyncer
-from models.train_generator import GeneratorTraining, train_generator
+from models.train_generator import GeneratorTraining, train_discriminator, train_generator
 from models.train_syncformer import SyncFormerTraining, evaluate, normalization, train_syncformer
 from tasks import model_store
 from tasks.landmarks import LIPS
@@ -90,6 +90,56 @@ def test_generator_learns_held_out_mouths(clip):
     cfg = GeneratorTraining(steps=40, batch=8, eval_every=20, adv_start=10_000, patience=100, max_eval_frames=32)
     summary = train_generator(model.generator, model.discriminator, data, cfg)
     assert summary["val_lower_psnr_best"] > summary["val_lower_psnr_start"] + 10, summary
+
+
+def test_a_discriminator_trained_alone_learns_to_tell_drawings_from_frames_and_leaves_the_generator(clip):
+    *_, c = clip
+    torch.manual_seed(0)
+    model = ReSyncer.new("cpu")
+    data = generator_data([c])
+    before = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    # an untrained generator draws noise: 30 steps take held-out accuracy from about chance to near 1
+    cfg = GeneratorTraining(steps=30, batch=4, eval_every=30, max_eval_frames=16, d_lr=2e-3)
+    summary = train_discriminator(model.generator, model.discriminator, data, cfg)
+    assert summary["steps"] == 30 and summary["val_accuracy_end"] > 0.9 > summary["val_accuracy_start"], summary
+    for k, v in model.generator.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.generator.parameters())   # trainable again afterwards
+
+
+def test_a_base_carries_the_discriminator_of_its_last_phase_and_its_finetunes_play_it_from_the_first_step(clip, tmp_path):
+    """A base saved without D (as the bundled one was) resumed with a D-only phase: the result keeps
+    the generator, carries a D of the configuration's shape, and a fine-tune from it trains that D
+    from its first step. A fine-tune that never reached its adversarial game keeps no D."""
+    from dataclasses import replace
+
+    settings, storage, features, uri, _ = clip
+    old_d = replace(CPU.discriminator, channels={k: 2 * v for k, v in CPU.discriminator.channels.items()})
+    torch.manual_seed(2)
+    old = ReSyncer(replace(CPU, discriminator=old_d), ModelCard(audio_features=features.name))
+    old.save(tmp_path / "old", include_discriminator=False)
+    old = ReSyncer.load(tmp_path / "old")
+    assert not old.discriminator_trained
+    plan = TrainingPlan(syncformer=SyncFormerTraining(steps=0, eval_every=1, val_fraction=0.3),
+                        generator=GeneratorTraining(steps=0, batch=2, eval_every=1, max_eval_frames=8),
+                        discriminator_s=2)
+    _, summary = train_base(storage, settings, [uri], tmp_path / "base", features, plan=plan, resume=old)
+    base = ReSyncer.load(tmp_path / "base")
+    assert base.discriminator_trained and base.config.discriminator == CPU.discriminator
+    assert summary["discriminator"]["steps"] >= 1 and summary["generator"]["steps"] == 0
+    for k, v in old.generator.state_dict().items():
+        assert torch.equal(base.generator.state_dict()[k], v), k
+
+    def finetuned(parent: ReSyncer, name: str) -> ReSyncer:
+        plan = TrainingPlan(syncformer=SyncFormerTraining(steps=1, eval_every=1),
+                            generator=GeneratorTraining(steps=2, batch=2, eval_every=1, max_eval_frames=4))
+        finetune_speaker(storage, settings, parent, [uri], tmp_path / name, features, "spk-map", plan=plan)
+        return ReSyncer.load(tmp_path / name)
+
+    speaker = finetuned(base, "speaker")
+    assert speaker.discriminator_trained
+    assert any(not torch.equal(v, base.discriminator.state_dict()[k]) for k, v in speaker.discriminator.state_dict().items())
+    assert not finetuned(old, "speaker-of-old").discriminator_trained   # 2 steps, the game joins after 100
 
 
 def test_finetune_records_lineage(clip, tmp_path):
