@@ -219,7 +219,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
     t0 = time.perf_counter()
     speaker, summary = base, {"syncformer": {"steps": 0}, "generator": {"steps": 0}}
     if "personalized" in methods:
-        plan = finetune_plan(base.config.name).with_budgets(*budgets)
+        plan = finetune_plan(base.config.name, base.discriminator_trained).with_budgets(*budgets)
         speaker, summary = finetune_speaker(storage, settings, base, [parts.fit_uri], scratch / f"{parts.name}-speaker",
                                             features, parts.name, cache, plan, say=lambda s: None)
     train_s = time.perf_counter() - t0

@@ -154,6 +154,9 @@ def _report(summary: dict, folder: str, version: str | None) -> None:
               f"{opening}vertex error {s['val_vertex_start']:.4g} -> {s['val_vertex_best']:.4g}")
     t.add_row("generator", str(g["steps"]), f"{g['seconds']:.0f}",
               f"lower-face PSNR {g['val_lower_psnr_start']:.2f} -> {g['val_lower_psnr_best']:.2f} dB")
+    if (d := summary.get("discriminator")) is not None:
+        t.add_row("discriminator alone", str(d["steps"]), f"{d['seconds']:.0f}",
+                  f"real/drawn accuracy {d['val_accuracy_start']:.3f} -> {d['val_accuracy_end']:.3f}")
     out.print(t)
 
 
@@ -276,7 +279,8 @@ def finetune(
     settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
     try:
         parent = None if from_scratch else model_store.load_model(settings, base)
-        plan = _budgets(finetune_plan(parent.config.name if parent else "cpu"), sync_seconds, gen_seconds, seed)
+        plan = _budgets(finetune_plan(parent.config.name if parent else "cpu",
+                                      parent is not None and parent.discriminator_trained), sync_seconds, gen_seconds, seed)
         model, summary = finetune_speaker(storage, settings, parent, videos, output, features, speaker_id, cache,
                                           plan, say=console.print)
     except (ResyncError, ValueError) as e:

@@ -17,7 +17,8 @@ from models.train_generator import GeneratorTraining, train_discriminator, train
 from models.train_syncformer import SyncFormerTraining, evaluate, normalization, train_syncformer
 from tasks import model_store
 from tasks.landmarks import LIPS
-from tasks.train import MOUTH, TrainingPlan, finetune_speaker, generator_data, prepare_clip, sequences, train_base
+from tasks.train import (MOUTH, TrainingPlan, finetune_plan, finetune_speaker, generator_data, model_card, prepare_clip,
+                         sequences, train_base)
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +128,16 @@ def test_a_base_carries_the_discriminator_of_its_last_phase_and_its_finetunes_pl
     base = ReSyncer.load(tmp_path / "base")
     assert base.discriminator_trained and base.config.discriminator == CPU.discriminator
     assert summary["discriminator"]["steps"] >= 1 and summary["generator"]["steps"] == 0
+    assert base.card.metrics["discriminator"]["steps"] == summary["discriminator"]["steps"]
+    summary["wall_s"] = 1.0
+    assert "discriminator kept for fine-tuning" in model_card(base, summary, "cmd")
+    assert "| discriminator alone" in model_card(base, summary, "cmd")
     for k, v in old.generator.state_dict().items():
         assert torch.equal(base.generator.state_dict()[k], v), k
 
     def finetuned(parent: ReSyncer, name: str) -> ReSyncer:
-        plan = TrainingPlan(syncformer=SyncFormerTraining(steps=1, eval_every=1),
-                            generator=GeneratorTraining(steps=2, batch=2, eval_every=1, max_eval_frames=4))
+        plan = finetune_plan("cpu", parent.discriminator_trained)   # the recipe, a few steps of it
+        plan.syncformer.steps, plan.generator.steps, plan.generator.batch, plan.generator.max_eval_frames = 1, 2, 2, 4
         finetune_speaker(storage, settings, parent, [uri], tmp_path / name, features, "spk-map", plan=plan)
         return ReSyncer.load(tmp_path / name)
 
