@@ -79,7 +79,8 @@ from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silenc
 from tasks.qa import QA_CROP, OutputObserver, corr, laplacian_sharpness, speech_frames
 from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert
 from tasks.segment import cut_segment
-from tasks.train import MOUTH, PreparedClip, finetune_plan, finetune_speaker, prepare_clip, sequences, track_for
+from tasks.train import (MOUTH, PreparedClip, finetune_plan, finetune_plan_for, finetune_speaker, prepare_clip, sequences,
+                         track_for)
 from tasks.training_data import crop_matrices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -219,7 +220,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
     t0 = time.perf_counter()
     speaker, summary = base, {"syncformer": {"steps": 0}, "generator": {"steps": 0}}
     if "personalized" in methods:
-        plan = finetune_plan(base.config.name, base.discriminator_trained).with_budgets(*budgets)
+        plan = finetune_plan_for(base).with_budgets(*budgets)
         speaker, summary = finetune_speaker(storage, settings, base, [parts.fit_uri], scratch / f"{parts.name}-speaker",
                                             features, parts.name, cache, plan, say=lambda s: None)
     train_s = time.perf_counter() - t0

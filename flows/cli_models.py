@@ -274,13 +274,12 @@ def finetune(
 ) -> None:
     """Fine-tune a speaker model from a base on one speaker's footage, within a time budget."""
     from tasks import model_store
-    from tasks.train import finetune_plan, finetune_speaker
+    from tasks.train import finetune_plan_for, finetune_speaker
 
     settings, storage, features, cache = _train_common(root, s3_endpoint_url, audio_features)
     try:
         parent = None if from_scratch else model_store.load_model(settings, base)
-        plan = _budgets(finetune_plan(parent.config.name if parent else "cpu",
-                                      parent is not None and parent.discriminator_trained), sync_seconds, gen_seconds, seed)
+        plan = _budgets(finetune_plan_for(parent), sync_seconds, gen_seconds, seed)
         model, summary = finetune_speaker(storage, settings, parent, videos, output, features, speaker_id, cache,
                                           plan, say=console.print)
     except (ResyncError, ValueError) as e:

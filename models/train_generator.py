@@ -148,6 +148,20 @@ def swap_flags(n: int, share: float, gen: torch.Generator) -> torch.Tensor:
     return flags
 
 
+def evaluation_frames(data: GeneratorData, cfg: GeneratorTraining,
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(training frames, held-out frames, their references): at most ``cfg.max_eval_frames`` evenly
+    spread held-out frames, each with a fixed reference, so that evaluations are cheap and comparable."""
+    train_idx, val_idx = split(data, cfg.val_fraction)
+    if len(val_idx) == 0:
+        val_idx = train_idx
+    # a held-out speaker has no training frames: its references are its own other frames, as at inference
+    ref_pool = val_idx if by_speaker(data) else train_idx
+    if len(val_idx) > cfg.max_eval_frames:
+        val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
+    return train_idx, val_idx, references(data, val_idx, gen, ref_pool)
+
+
 @dataclass
 class MaskedTarget:
     """A batch's generator input: the target with its redrawn region blanked (and, for face swaps,
@@ -207,14 +221,7 @@ def train_generator(g: Generator, d: Discriminator, data: GeneratorData, cfg: Ge
         perceptual.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_idx, val_idx = split(data, cfg.val_fraction)
-    if len(val_idx) == 0:
-        val_idx = train_idx
-    # a held-out speaker has no training frames: its references are its own other frames, as at inference
-    ref_pool = val_idx if by_speaker(data) else train_idx
-    if len(val_idx) > cfg.max_eval_frames:
-        val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
-    val_ref = references(data, val_idx, gen, ref_pool)  # fixed references: comparable evaluations
+    train_idx, val_idx, val_ref = evaluation_frames(data, cfg, gen)
     swapping = can_swap(data, cfg)
     g_opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
@@ -275,7 +282,6 @@ def discriminator_accuracy(g: Generator, d: Discriminator, data: GeneratorData, 
                            ref_idx: torch.Tensor, batch: int = 16) -> float:
     """Share of held-out real crops D scores above zero and of the generator's redrawings of them
     (lower face masked, reference from ``ref_idx``) it scores below: how well D tells them apart."""
-    g.eval()
     d.eval()
     dev = next(g.parameters()).device
     right, seen = 0, 0
@@ -302,13 +308,7 @@ def train_discriminator(g: Generator, d: Discriminator, data: GeneratorData, cfg
     d.to(dev).train()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    train_idx, val_idx = split(data, cfg.val_fraction)
-    if len(val_idx) == 0:
-        val_idx = train_idx
-    ref_pool = val_idx if by_speaker(data) else train_idx
-    if len(val_idx) > cfg.max_eval_frames:
-        val_idx = val_idx[torch.linspace(0, len(val_idx) - 1, cfg.max_eval_frames).round().long()]
-    val_ref = references(data, val_idx, gen, ref_pool)
+    train_idx, val_idx, val_ref = evaluation_frames(data, cfg, gen)
     swapping = can_swap(data, cfg)
     d_opt = torch.optim.Adam(d.parameters(), lr=cfg.d_lr, betas=(0.0, 0.99))
     start = time.monotonic()

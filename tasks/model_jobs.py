@@ -14,7 +14,7 @@ from catalogs.registry import ModelRecord
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from tasks import model_store
-from tasks.train import TrainingPlan, finetune_plan, finetune_speaker, model_card, train_base
+from tasks.train import TrainingPlan, finetune_plan_for, finetune_speaker, model_card, train_base
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ def finetune_job(settings: Settings, speaker_id: str, video_ids: list[str], vide
     storage = Storage(settings)
     base = model_store.load_model(settings, model_store.local_model_dir(storage, settings, base_uri)) if base_uri else None
     features = model_store.features_for(settings, base) if base else model_store.audio_features(settings)
-    plan = finetune_plan(base.config.name if base else "cpu", base is not None and base.discriminator_trained)
-    plan.with_budgets(syncformer_s, generator_s)
+    plan = finetune_plan_for(base).with_budgets(syncformer_s, generator_s)
     folder = Path(tempfile.mkdtemp(prefix="resync-finetune-"))
     try:
         model, summary = finetune_speaker(storage, settings, base, video_uris, folder, features, speaker_id,

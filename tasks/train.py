@@ -183,6 +183,11 @@ def finetune_plan(config: str = "cpu", trained_discriminator: bool = False) -> T
     return plan
 
 
+def finetune_plan_for(base: ReSyncer | None) -> TrainingPlan:
+    """The per-speaker recipe for fine-tuning from ``base`` (None: from scratch, cpu configuration)."""
+    return finetune_plan(base.config.name if base else "cpu", base is not None and base.discriminator_trained)
+
+
 def _lips() -> torch.Tensor:
     return torch.from_numpy(LIPS)
 
@@ -237,7 +242,8 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
             f"{disc['val_accuracy_start']:.3f} -> {disc['val_accuracy_end']:.3f}")
         summary["discriminator"] = {k: v for k, v in disc.items() if k != "log"}
         summary["log"]["discriminator"] = disc["log"]
-    model.discriminator_trained = model.discriminator_trained or gen["steps"] > plan.generator.adv_start or plan.discriminator_s > 0
+    played = gen["steps"] > plan.generator.adv_start   # the adversarial game joined the generator's steps
+    model.discriminator_trained = model.discriminator_trained or played or plan.discriminator_s > 0
     return summary
 
 
@@ -321,7 +327,8 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         kept = {k: v for k, v in resume.state_dict().items() if not (fresh_syncformer and k.startswith("syncformer."))
                 and (resume.discriminator_trained or not k.startswith("discriminator."))}
         missing = model.load_state_dict(kept, strict=False).missing_keys
-        fresh = [k for k in missing if not (k.startswith("discriminator.") or fresh_syncformer and k.startswith("syncformer."))]
+        fresh = [k for k in missing
+                 if not (k.startswith("discriminator.") or fresh_syncformer and k.startswith("syncformer."))]
         if fresh:
             raise ValueError(f"cannot resume from {resume.version}: it lacks {len(fresh)} weights, e.g. {fresh[0]}")
         model.discriminator_trained = resume.discriminator_trained
@@ -346,7 +353,7 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
                      features: AudioFeatures, speaker_id: str, cache: FeatureCache | None = None,
                      plan: TrainingPlan | None = None, say: Callable[[str], None] = log.info) -> tuple[ReSyncer, dict]:
     """A speaker model: the base (or a fresh model) trained further on one speaker's footage."""
-    plan = plan or finetune_plan(base.config.name if base else "cpu", base is not None and base.discriminator_trained)
+    plan = plan or finetune_plan_for(base)
     start = time.monotonic()
     card = ModelCard(kind="speaker", speaker_id=speaker_id, parent=base.version if base else None,
                      audio_features=features.name, training_data=list(uris))
@@ -445,4 +452,4 @@ def model_holdout(summary: dict) -> str:
 
 
 __all__ = ["model_card", "PreparedClip", "TrainingPlan", "prepare_clip", "prepare_labelled_clips", "sequences", "generator_data", "fit", "train_base",
-           "finetune_speaker", "finetune_plan", "track_for", "hold_out_speakers"]
+           "finetune_speaker", "finetune_plan", "finetune_plan_for", "track_for", "hold_out_speakers"]
