@@ -182,6 +182,10 @@ def train_base(
     sync_loss_weight: float = typer.Option(0.0, "--sync-loss-weight", min=0.0, help="Weight of the bundled sync "
                                            "expert as a Style-SyncFormer loss (0: off, the recipe; on train/'s "
                                            "held-out speakers 0.005 lowered the selected concordance, see README)."),
+    voice_share: Optional[float] = typer.Option(None, "--voice-share", min=0.0, max=1.0, help="Share of the "
+                                                "Style-SyncFormer's training windows heard in a speed-perturbed voice "
+                                                "(pitch and formants 10% lower or higher; default: the recipe's, "
+                                                "tasks.train.VOICE_SHARE; 0: the real voices only)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
     fresh_syncformer: bool = typer.Option(False, "--fresh-syncformer", help="With --resume: keep only its generator and "
                                           "discriminator and train a new Style-SyncFormer in the --config configuration "
@@ -208,6 +212,8 @@ def train_base(
         if val_speakers is not None:
             plan.val_speaker_share = val_speakers
         plan.syncformer.sync_weight = sync_loss_weight
+        if voice_share is not None:
+            plan.syncformer.voice_share = voice_share
         model, summary = run(storage, settings, uris, output, features, cache, plan, say=console.print, resume=start,
                              fresh_syncformer=fresh_syncformer, speakers=speakers)
     except (ResyncError, ValueError) as e:

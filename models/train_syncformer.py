@@ -34,12 +34,19 @@ class Sequence:
     template: torch.Tensor | None = None  # (T, V, 3) the shot template of every frame: disp + template = mesh
     held_out: bool = False  # a held-out speaker's: validation only (then no clip is cut in time)
     sync_audio: torch.Tensor | None = None  # (T, D) the sync expert's embedding of each frame's audio (its loss)
+    voices: torch.Tensor | None = None  # (K, T, token_dim) the audio tokens of K voice-perturbed copies of the track
 
     def part(self, start: int, stop: int) -> "Sequence":
         """Frames ``start:stop`` of every per-frame field."""
         cut = lambda x: None if x is None else x[start:stop]   # noqa: E731
         return Sequence(self.audio[start:stop], self.disp[start:stop], cut(self.template), self.held_out,
-                        cut(self.sync_audio))
+                        cut(self.sync_audio), None if self.voices is None else self.voices[:, start:stop])
+
+    def in_voice(self, k: int) -> "Sequence":
+        """The same frames heard in voice ``k`` of ``voices``."""
+        if self.voices is None:
+            raise ValueError("this sequence carries no other voices")
+        return Sequence(self.voices[k], self.disp, self.template, self.held_out, self.sync_audio, None)
 
 
 @dataclass
@@ -69,6 +76,10 @@ class SyncFormerTraining:
     # Weight of the frozen sync expert's loss (``models.sync_expert.ExpertSyncLoss``; needs the
     # sequences' ``sync_audio`` and templates). 0: off.
     sync_weight: float = 0.0
+    # Share of training windows heard in one of their sequence's perturbed voices (``Sequence.voices``,
+    # made from speed-perturbed copies of the track), so that the motion cannot be keyed on the voices
+    # of the few dozen people trained on. 0: the real voices only. Validation always hears the real one.
+    voice_share: float = 0.0
     log: list[dict] = field(default_factory=list)
 
 
@@ -96,6 +107,13 @@ def _window(seq: Sequence, length: int, gen: torch.Generator) -> Sequence:
         return seq
     start = int(torch.randint(0, len(seq.audio) - length + 1, (1,), generator=gen))
     return seq.part(start, start + length)
+
+
+def _voiced(seq: Sequence, share: float, gen: torch.Generator) -> Sequence:
+    """``seq`` in a random one of its perturbed voices with probability ``share`` (else as it is)."""
+    if seq.voices is None or share <= 0 or float(torch.rand(1, generator=gen)) >= share:
+        return seq
+    return seq.in_voice(int(torch.randint(0, len(seq.voices), (1,), generator=gen)))
 
 
 @dataclass
@@ -214,7 +232,7 @@ def train_syncformer(model: StyleSyncFormer, seqs: list[Sequence], lips: torch.T
     model.train()
     for step in range(1, cfg.steps + 1):
         picks = torch.randint(0, len(train), (cfg.batch,), generator=gen).tolist()
-        batch = _batch([_window(train[i], cfg.window, gen) for i in picks])
+        batch = _batch([_voiced(_window(train[i], cfg.window, gen), cfg.voice_share, gen) for i in picks])
         audio, disp, mask = batch.audio, batch.disp, batch.mask
         # the style comes from another window of the same clip: the model must read style, not copy
         refs = torch.stack([_window(train[i], model.cfg.style_window, gen).disp[:model.cfg.style_window] for i in picks]) \

@@ -9,10 +9,11 @@ translated tracks far louder or quieter than the source.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
-from scipy.signal import butter, lfilter, sosfilt, sosfilt_zi
+from scipy.signal import butter, lfilter, resample_poly, sosfilt, sosfilt_zi
 
 from catalogs.errors import ErrorClass, ResyncError
 from catalogs.probe import open_media
@@ -58,6 +59,18 @@ def load_audio(storage: Storage, uri: str, *, required: bool = True, sample_rate
     if samples.size == 0 and required:
         raise ResyncError(ErrorClass.AUDIO_DECODE_ERROR, "audio stream holds no samples", item=uri)
     return Audio(np.clip(samples, -1.0, 1.0, out=samples), sample_rate)
+
+
+def speed_perturbed(samples: np.ndarray, factor: float) -> tuple[np.ndarray, float]:
+    """The track played about ``factor`` times as fast (Kaldi's speed perturbation): pitch and every
+    formant scale by the factor, as between a larger and a smaller vocal tract, and the duration by
+    its inverse. Returns the samples and the exact factor (a ratio of small integers): time ``t`` of
+    the track is time ``t / factor`` of the result."""
+    if not 0.5 <= factor <= 2.0:
+        raise ValueError(f"speed factor {factor} is outside 0.5-2")
+    ratio = Fraction(1 / factor).limit_denominator(50)   # output samples per input sample
+    out = resample_poly(np.asarray(samples, np.float32), ratio.numerator, ratio.denominator)
+    return out.astype(np.float32), float(1 / ratio)
 
 
 def _k_weighting_filters(sr: int) -> list[tuple[list[float], list[float]]]:

@@ -30,7 +30,7 @@ from models.resyncer import ModelCard, ReSyncer
 from models.sync_expert import ExpertSyncLoss
 from models.train_generator import GeneratorData, GeneratorTraining, train_discriminator, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
-from tasks.audio import load_audio
+from tasks.audio import load_audio, speed_perturbed
 from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
 from tasks.dub_plan import fit_audio_length, renderable, video_duration
 from tasks.sync import audio_embedding, expert_audio_features, expert_sync_loss
@@ -49,6 +49,7 @@ class PreparedClip:
     speaker: str | None = None  # who speaks (validation holds out whole speakers)
     held_out: bool = False   # a held-out speaker's clip: validation only
     sync_audio: np.ndarray | None = None  # (N, D) the sync expert's embedding of the audio at those frames
+    voices: np.ndarray | None = None  # (K, N, token_dim) audio tokens of the track speed-perturbed by K factors
 
 
 def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
@@ -58,9 +59,11 @@ def track_for(storage: Storage, settings: Settings, uri: str) -> TrackResult:
 
 def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, features: AudioFeatures,
                  cache: FeatureCache | None = None, track: TrackResult | None = None,
-                 audio_offsets: tuple[int, ...] = (0,), sync_loss: ExpertSyncLoss | None = None) -> PreparedClip:
+                 audio_offsets: tuple[int, ...] = (0,), sync_loss: ExpertSyncLoss | None = None,
+                 voice_factors: tuple[float, ...] = ()) -> PreparedClip:
     """Crops of size ``size`` and audio tokens reading the feature frames ``audio_offsets`` (the
-    model config's) around every usable frame; with ``sync_loss``, also its expert's audio embedding."""
+    model config's) around every usable frame; with ``sync_loss``, also its expert's audio embedding;
+    with ``voice_factors``, the tokens of the track in those speed-perturbed voices, at the same frames."""
     track = track or track_for(storage, settings, uri)
     clip = load_clip(storage, uri, track, size, settings.crop_size, usable=renderable(track), chunk=settings.decode_chunk)
     audio = load_audio(storage, uri, required=False)
@@ -71,7 +74,18 @@ def prepare_clip(storage: Storage, settings: Settings, uri: str, size: int, feat
     if sync_loss is not None:
         same = features.name == expert_audio_features(sync_loss.expert.config).name
         sync_audio = audio_embedding(sync_loss.expert, samples, clip.timestamps, feats if same else None).numpy()
-    return PreparedClip(uri, clip, tokens, track.n_frames, sync_audio=sync_audio)
+    voices = [voice_tokens(samples, f, clip.timestamps, features, cache, audio_offsets) for f in voice_factors]
+    return PreparedClip(uri, clip, tokens, track.n_frames, sync_audio=sync_audio,
+                        voices=np.stack(voices) if voices else None)
+
+
+def voice_tokens(samples: np.ndarray, factor: float, timestamps: np.ndarray, features: AudioFeatures,
+                 cache: FeatureCache | None, audio_offsets: tuple[int, ...]) -> np.ndarray:
+    """Audio tokens of the track in another voice (``speed_perturbed`` by ``factor``), read at the
+    perturbed times of the same video frames: what is said at each frame is unchanged."""
+    perturbed, exact = speed_perturbed(samples, factor)
+    feats = cache.get_or_compute(perturbed, features) if cache else features(perturbed)
+    return frame_tokens(feats, np.asarray(timestamps) / exact, features.rate_hz, features.offset_s, audio_offsets)
 
 
 def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]:
@@ -84,7 +98,8 @@ def sequences(clips: list[PreparedClip], min_length: int = 16) -> list[Sequence]
                 disp = np.nan_to_num(c.clip.disp[run])
                 out.append(Sequence(torch.from_numpy(c.audio[run]), torch.from_numpy(disp),
                                     torch.from_numpy(c.clip.canonical[run] - disp), held_out=c.held_out,
-                                    sync_audio=None if c.sync_audio is None else torch.from_numpy(c.sync_audio[run])))
+                                    sync_audio=None if c.sync_audio is None else torch.from_numpy(c.sync_audio[run]),
+                                    voices=None if c.voices is None else torch.from_numpy(c.voices[:, run])))
     return out
 
 
@@ -123,6 +138,13 @@ SWAP_SHARE = 0.25
 # Half the lip-sync samples are masked as a dub masks them, this frame's lower face joined with
 # another's of the same clip, so the generator learns to paint below a jaw that closes.
 JAW_SHARE = 0.5
+# The base's Style-SyncFormer also hears every training clip speed-perturbed by these factors (its
+# pitch and formants 10% lower and higher), in this share of its training windows, so that the
+# motion it predicts cannot be keyed on the voices of the 44 people it trains on. On train/'s held-out
+# speakers (a fresh Style-SyncFormer, the recipe's 240 s, five seeds) it raised the held-out
+# mouth-opening correlation for every seed (README, training). Fine-tunes hear one voice, the speaker's own.
+VOICE_FACTORS = (0.9, 1.1)
+VOICE_SHARE = 0.5
 
 
 @dataclass
@@ -130,7 +152,8 @@ class TrainingPlan:
     """Budgets and recipes of one training job; defaults are the CPU base recipe."""
     config: str = "cpu"
     syncformer: SyncFormerTraining = field(default_factory=lambda: SyncFormerTraining(
-        steps=3000, time_budget_s=240, val_fraction=BASE_HOLDOUT, opening_weight=OPENING_WEIGHT))
+        steps=3000, time_budget_s=240, val_fraction=BASE_HOLDOUT, opening_weight=OPENING_WEIGHT,
+        voice_share=VOICE_SHARE))
     generator: GeneratorTraining = field(default_factory=lambda: GeneratorTraining(
         steps=20000, time_budget_s=1200, eval_every=200, patience=20, val_fraction=BASE_HOLDOUT, swap_share=SWAP_SHARE,
         jaw_share=JAW_SHARE))
@@ -138,10 +161,15 @@ class TrainingPlan:
     # Seconds of a last phase that trains the discriminator alone against the finished generator (0: none),
     # so that the model carries a D that knows its own drawings (fine-tunes start the adversarial game with it).
     discriminator_s: float = 0.0
+    voice_factors: tuple[float, ...] = VOICE_FACTORS  # speed perturbations the Style-SyncFormer hears (voice_share)
     val_speaker_share: float = VAL_SPEAKER_SHARE  # footage share of whole speakers held out (0: the end of every clip)
     # Which speakers are held out does not follow ``seed``: models trained with other seeds (the
     # members of a Style-SyncFormer ensemble) are selected on the same people, none trained on them.
     split_seed: int = 0
+
+    def heard_voices(self) -> tuple[float, ...]:
+        """The speed factors to prepare clips with: none when the Style-SyncFormer takes no step or hears no other voice."""
+        return self.voice_factors if self.syncformer.steps > 0 and self.syncformer.voice_share > 0 else ()
 
     def with_budgets(self, syncformer_s: float | None, generator_s: float | None,
                      discriminator_s: float | None = None) -> "TrainingPlan":
@@ -175,6 +203,7 @@ def finetune_plan(config: str = "cpu", trained_discriminator: bool = False) -> T
     one (``trained_discriminator``), it plays from the first step, with more weight."""
     plan = TrainingPlan(config=config, syncformer=SyncFormerTraining(steps=1500, time_budget_s=FINETUNE_SYNCFORMER_S,
                                                                      lr=1e-4, opening_weight=OPENING_WEIGHT),
+                        voice_factors=(),
                         generator=GeneratorTraining(steps=5000, time_budget_s=FINETUNE_GENERATOR_S, adv_start=100,
                                                     lr=1e-3, d_lr=1e-3, swap_share=SWAP_SHARE,
                                                     jaw_share=JAW_SHARE))
@@ -218,7 +247,9 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
     seqs = sequences(clips)
     if not seqs:
         raise ValueError("no clip has a run of usable face frames long enough to train on")
-    say(f"Style-SyncFormer: {len(seqs)} sequences, {sum(len(s.audio) for s in seqs)} frames")
+    voices = seqs[0].voices is not None and plan.syncformer.voice_share > 0
+    say(f"Style-SyncFormer: {len(seqs)} sequences, {sum(len(s.audio) for s in seqs)} frames"
+        + (f", {plan.syncformer.voice_share:.0%} of its windows heard in voices sped by {plan.voice_factors}" if voices else ""))
     sync = train_syncformer(model.syncformer, seqs, _lips(), plan.syncformer, set_normalization=set_normalization,
                             mouth=MOUTH, sync_loss=sync_loss)
     say(f"Style-SyncFormer: {sync['steps']} steps in {sync['seconds']:.0f} s, held-out mouth-opening correlation "
@@ -232,6 +263,8 @@ def fit(model: ReSyncer, clips: list[PreparedClip], plan: TrainingPlan, set_norm
         f"{gen['val_lower_psnr_start']:.2f} -> {gen['val_lower_psnr_best']:.2f} dB"
         + (f", whole-face (swap) PSNR {gen['val_face_psnr_start']:.2f} -> {gen['val_face_psnr_best']:.2f} dB"
            if "val_face_psnr_best" in gen else ""))
+    if voices:
+        sync = {**sync, "voice_share": plan.syncformer.voice_share, "voice_factors": list(plan.voice_factors)}
     summary = {"syncformer": {k: v for k, v in sync.items() if k != "log"},
                "generator": {k: v for k, v in gen.items() if k != "log"},
                "log": {"syncformer": sync["log"], "generator": gen["log"]}}
@@ -284,14 +317,17 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
 def prepare_labelled_clips(storage: Storage, settings: Settings, uris: list[str], speakers: list[str] | None,
                            model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None = None,
                            sync_loss: ExpertSyncLoss | None = None,
-                           say: Callable[[str], None] = log.info) -> list[PreparedClip]:
+                           say: Callable[[str], None] = log.info,
+                           voice_factors: tuple[float, ...] = ()) -> list[PreparedClip]:
     """Each video prepared for ``model`` and labelled with its speaker (``speakers``: one per video, or
-    None). One unusable video does not stop a base: it is left out, and said so."""
+    None), heard also in the ``voice_factors`` voices. One unusable video does not stop a base: it is
+    left out, and said so."""
     clips = []
     for k, u in enumerate(uris):
         try:
             clip = prepare_clip(storage, settings, u, model.size, features, cache,
-                                audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss)
+                                audio_offsets=model.config.syncformer.audio_offsets, sync_loss=sync_loss,
+                                voice_factors=voice_factors)
         except ResyncError as e:
             say(f"left out {u}: {e} [{e.error_class}]")
             continue
@@ -314,6 +350,7 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
         raise ValueError(f"{len(speakers)} speaker labels for {len(uris)} videos")
     plan = plan or TrainingPlan()
     start = time.monotonic()
+    torch.manual_seed(plan.seed)   # the seed decides the fresh parts' first weights too, not only the batches
     card = ModelCard(kind="base", audio_features=features.name, training_data=list(uris),
                      parent=resume.version if resume else None)
     if resume is not None:
@@ -336,7 +373,8 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
     else:
         model = ReSyncer.new(plan.config, card)
     sync_loss = sync_loss_for(plan)
-    clips = prepare_labelled_clips(storage, settings, uris, speakers, model, features, cache, sync_loss, say)
+    clips = prepare_labelled_clips(storage, settings, uris, speakers, model, features, cache, sync_loss, say,
+                                   plan.heard_voices())
     if not clips:
         raise ValueError("none of the videos could be prepared for training")
     held = hold_out_speakers(clips, plan.val_speaker_share, plan.split_seed)

@@ -258,3 +258,24 @@ def test_the_speech_band_filter_in_blocks_equals_scipys_and_holds_a_block_of_sam
     finally:
         tracemalloc.stop()
     assert peak < 60e6                  # scipy's whole-signal path peaked at 307 MB (8x), and grew with it
+
+
+def test_a_speed_perturbed_voice_is_higher_or_lower_by_the_factor():
+    """Speed perturbation scales every frequency (pitch and formants) by the factor and the duration
+    by its inverse; the factor it returns is the exact one, so the video's times can follow it."""
+    from tasks.audio import speed_perturbed
+
+    sr = 16000
+    t = np.arange(sr * 2) / sr
+    x = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    for factor in (0.9, 1.1, 0.85, 1.15):
+        y, exact = speed_perturbed(x, factor)
+        assert abs(exact - factor) < 0.01 and y.dtype == np.float32
+        assert abs(len(y) - len(x) / exact) <= 1
+        spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+        peak_hz = np.argmax(spectrum) * sr / len(y)
+        assert abs(peak_hz - 200 * exact) < 2, (factor, peak_hz)
+    same, one = speed_perturbed(x, 1.0)
+    assert one == 1.0 and np.array_equal(same, x)
+    with pytest.raises(ValueError, match="outside"):
+        speed_perturbed(x, 3.0)

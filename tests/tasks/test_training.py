@@ -189,6 +189,23 @@ def test_train_base_with_a_fresh_syncformer_keeps_the_generator(clip, tmp_path):
     assert not torch.equal(loaded.syncformer.disp_std, torch.ones_like(loaded.syncformer.disp_std))  # normalised afresh
 
 
+def test_the_seed_decides_a_fresh_syncformers_first_weights(clip, tmp_path):
+    """Two bases of one recipe and seed are the same model; another seed is another (the seed used to
+    decide only the batches, so a recipe's fresh Style-SyncFormer could not be trained again)."""
+    settings, storage, features, uri, _ = clip
+    base = ReSyncer.new("cpu")
+
+    def fresh(seed: int, name: str) -> dict:
+        plan = TrainingPlan(syncformer=SyncFormerTraining(steps=0), generator=GeneratorTraining(steps=0, max_eval_frames=4))
+        plan.seed = seed
+        train_base(storage, settings, [uri], tmp_path / name, features, plan=plan, resume=base, fresh_syncformer=True)
+        return ReSyncer.load(tmp_path / name).syncformer.state_dict()
+
+    a, again, other = fresh(0, "a"), fresh(0, "again"), fresh(1, "other")
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
 def test_a_replaced_bundled_base_is_registered_under_its_new_version(tmp_path):
     """A root registered the bundled base when it held other weights (an older release): the
     registry's newest base becomes the bundled folder's current version, so dubs are credited to the
@@ -277,12 +294,15 @@ def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media
     settings, storage, features, uri, _ = clip
     _, _, data, _ = media_env
     uris = [uri, str(data / "videos" / "speaker_glasses_5s.mp4")]
-    plan = TrainingPlan(syncformer=SyncFormerTraining(steps=2, eval_every=1),
+    plan = TrainingPlan(syncformer=SyncFormerTraining(steps=2, eval_every=1, voice_share=0.5),
                         generator=GeneratorTraining(steps=1, batch=2, eval_every=1, max_eval_frames=8),
                         val_speaker_share=0.3)
     model, summary = train_base(storage, settings, uris, tmp_path / "base", features, plan=plan,
                                 speakers=["map", "glasses"])
     assert len(summary["holdout"]["speakers"]) == 1
+    # the base's Style-SyncFormer heard the recipe's other voices; a speaker's fine-tune hears only theirs
+    assert summary["syncformer"]["voice_factors"] == [0.9, 1.1] and summary["syncformer"]["voice_share"] == 0.5
+    assert TrainingPlan().heard_voices() == (0.9, 1.1) and finetune_plan().heard_voices() == ()
     from tasks.train import model_card
 
     card = model_card(model, summary, "test")
@@ -424,3 +444,30 @@ def test_the_held_out_speakers_do_not_follow_the_training_seed(clip, media_env, 
                                 speakers=["map", "glasses"])
         held.append(summary["holdout"]["speakers"])
     assert held[0] == held[1]
+
+
+def test_a_clips_perturbed_voices_say_the_same_thing_at_the_same_frames(clip):
+    """``voice_factors`` adds the track's tokens in other voices at the same video frames: factor 1 is
+    the track itself, 1.1 a higher voice whose tokens still follow the real ones over time; training
+    windows hear them at the recipe's share, validation never does."""
+    from models.train_syncformer import _voiced
+
+    settings, storage, features, uri, c = clip
+    v = prepare_clip(storage, settings, uri, CPU.generator.size, features, audio_offsets=CPU.syncformer.audio_offsets,
+                     voice_factors=(1.0, 1.1))
+    assert v.voices.shape == (2, *c.audio.shape)
+    assert np.allclose(v.voices[0], c.audio, atol=1e-5)
+    other = v.voices[1]
+    assert not np.allclose(other, c.audio, atol=1e-2)
+    # each channel's course over the clip agrees with the real voice's (the words sit at the same frames)
+    a, b = c.audio - c.audio.mean(0), other - other.mean(0)
+    per_channel = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
+    assert np.median(per_channel) > 0.6, np.median(per_channel)
+    seq = sequences([v])[0]
+    window = seq.part(10, 42)
+    assert window.voices.shape == (2, 32, c.audio.shape[1])
+    gen = torch.Generator().manual_seed(0)
+    assert _voiced(window, 0.0, gen) is window
+    heard = [_voiced(window, 1.0, gen) for _ in range(8)]
+    assert all(h.voices is None and torch.equal(h.disp, window.disp) for h in heard)
+    assert any(torch.equal(h.audio, window.voices[1]) for h in heard)
