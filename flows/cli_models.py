@@ -184,8 +184,8 @@ def train_base(
                                            "held-out speakers 0.005 lowered the selected concordance, see README)."),
     voice_share: Optional[float] = typer.Option(None, "--voice-share", min=0.0, max=1.0, help="Share of the "
                                                 "Style-SyncFormer's training windows heard in a speed-perturbed voice "
-                                                "(pitch and formants 10% lower or higher; default: the recipe's, "
-                                                "tasks.train.VOICE_SHARE; 0: the real voices only)."),
+                                                "(pitch and formants 10% lower or higher; default 0: the real voices "
+                                                "only; 0.5 was measured, see README: not kept)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
     fresh_syncformer: bool = typer.Option(False, "--fresh-syncformer", help="With --resume: keep only its generator and "
                                           "discriminator and train a new Style-SyncFormer in the --config configuration "

@@ -138,13 +138,14 @@ SWAP_SHARE = 0.25
 # Half the lip-sync samples are masked as a dub masks them, this frame's lower face joined with
 # another's of the same clip, so the generator learns to paint below a jaw that closes.
 JAW_SHARE = 0.5
-# The base's Style-SyncFormer also hears every training clip speed-perturbed by these factors (its
-# pitch and formants 10% lower and higher), in this share of its training windows, so that the
-# motion it predicts cannot be keyed on the voices of the 44 people it trains on. On train/'s held-out
-# speakers (a fresh Style-SyncFormer, the recipe's 240 s, five seeds) it raised the held-out
-# mouth-opening correlation for every seed (README, training). Fine-tunes hear one voice, the speaker's own.
+# With ``--voice-share S`` a base's Style-SyncFormer also hears every training clip speed-perturbed
+# by these factors (pitch and formants 10% lower and higher) in that share of its training windows,
+# so that the motion cannot be keyed on the voices of the 44 people it trains on. Off in the recipe:
+# on train/'s held-out speakers (fresh Style-SyncFormers, five seeds) 0.5 raised the held-out
+# mouth-opening correlation for every seed, but the base trained with it dubbed the unseen speakers
+# worse (correlation 0.42 -> 0.29, smaller mouths; README, training). Fine-tunes hear one voice.
 VOICE_FACTORS = (0.9, 1.1)
-VOICE_SHARE = 0.5
+VOICE_SHARE = 0.0
 
 
 @dataclass
