@@ -30,6 +30,7 @@ from catalogs.listing import labelled_videos
 from catalogs.settings import Settings
 from catalogs.storage import Storage
 from models.config import get_config
+from models.resyncer import ReSyncer
 from models.syncformer import StyleSyncFormer
 from models.train_syncformer import SyncFormerTraining, train_syncformer
 from tasks import model_store
@@ -41,8 +42,9 @@ console = Console(width=160)
 def parse_vary(text: str) -> tuple[str, list[float]]:
     """``field=v1,v2,...`` of ``SyncFormerTraining`` -> (field, values)."""
     name, _, values = text.partition("=")
-    if name not in SyncFormerTraining.__dataclass_fields__ or not values:
-        raise argparse.ArgumentTypeError(f"--vary wants FIELD=V1,V2 with a SyncFormerTraining field, got {text!r}")
+    numeric = isinstance(getattr(SyncFormerTraining(), name, None), (int, float))
+    if not numeric or not values:
+        raise argparse.ArgumentTypeError(f"--vary wants FIELD=V1,V2 with a numeric SyncFormerTraining field, got {text!r}")
     return name, [float(v) for v in values.split(",")]
 
 
@@ -67,11 +69,11 @@ def summarise(rows: list[dict], field: str, values: list[float], splits: list[in
             cells.append(f"{np.mean([r['corr'] for r in got]):.3f} / {np.mean([r['ccc'] for r in got]):.3f}"
                          if got else "-")
         t.add_row(label, *cells)
+    corr = {(r["split"], r["seed"], r["value"]): r["corr"] for r in rows}
     first = values[0]
     for v in values[1:]:
-        pairs = [(a, b) for a in rows for b in rows if a["value"] == first and b["value"] == v
-                 and (a["split"], a["seed"]) == (b["split"], b["seed"])]
-        wins = sum(b["corr"] > a["corr"] for a, b in pairs)
+        pairs = [(sp, sd) for sp, sd, val in corr if val == v and (sp, sd, first) in corr]
+        wins = sum(corr[(sp, sd, v)] > corr[(sp, sd, first)] for sp, sd in pairs)
         t.caption = (t.caption or "") + f"{field}={v:g} beat {first:g} on {wins} of {len(pairs)} (split, seed) pairs. "
     return t
 
@@ -98,7 +100,7 @@ def main() -> None:
     voices = plan.voice_factors if field == "voice_share" and any(v > 0 for v in values) else ()
     uris, speakers = labelled_videos(storage, args.listing)
     features, cache = model_store.audio_features(settings), model_store.feature_cache(settings)
-    shape = model_store.load_model(settings, None)   # the clips are prepared as the bundled base reads them
+    shape = ReSyncer.new(plan.config)   # clips prepared as the recipe's configuration reads them
     started = time.perf_counter()
     clips = prepare_labelled_clips(storage, settings, uris, speakers, shape, features, cache,
                                    say=lambda _: None, voice_factors=voices)
