@@ -34,9 +34,11 @@ Cross-language: the start of every clip dubbed zero-shot with two foreign tracks
 re-tracked: the mouth's mean opening in the pauses over the speaker's own closed mouth, and its
 motion in the pauses over its motion in speech.
 
-Speaker-disjoint cross-validation (``loso``): the Style-SyncFormer trained on the speakers of four
-of five folds over train/ and videos/, scored on the fifth (style code from the first half of each
-held-out clip, scored on the second half), next to ridge regression on the same Whisper frame.
+Speaker-disjoint cross-validation (``cv``): the base recipe's Style-SyncFormer trained on the speakers
+of four of five folds over train/ and videos/, scored on the fifth like the quality table (style code
+from the first 70% of each held-out clip, scored on the rest), next to ridge regression on the same
+audio tokens (scored there and over the whole clip) and ridge given the held-out clip's own first
+70% as well: what a linear read-out of these features reaches, with and without the speaker.
 Then one row per other mode with the base model (``modes``).
 """
 
@@ -62,7 +64,7 @@ from models.renderer import mouth_mask
 from models.resyncer import ReSyncer
 from models.syncformer import StyleSyncFormer
 from models.sync_expert import SyncExpert
-from models.train_syncformer import SyncFormerTraining, train_syncformer
+from models.train_syncformer import train_syncformer
 from tasks import model_store
 from tasks.audio import load_audio
 from tasks.decode import VideoSource
@@ -79,8 +81,8 @@ from tasks.mouth_quality import amplitude_ratio, interior_ratios, rest_in_silenc
 from tasks.qa import QA_CROP, OutputObserver, corr, laplacian_sharpness, speech_frames
 from tasks.sync import SyncScore, calibration, judge_sync, load_sync_expert
 from tasks.segment import cut_segment
-from tasks.train import (MOUTH, PreparedClip, finetune_plan, finetune_plan_for, finetune_speaker, prepare_clip, sequences,
-                         track_for)
+from tasks.train import (MOUTH, PreparedClip, TrainingPlan, finetune_plan, finetune_plan_for, finetune_speaker,
+                         hold_out_speakers, prepare_clip, sequences, track_for)
 from tasks.training_data import crop_matrices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -289,16 +291,25 @@ def foreign_rows(storage: Storage, settings: Settings, base: ReSyncer, uri: str,
     return rows
 
 
-def ridge(x: np.ndarray, y: np.ndarray, lam: float = 10.0) -> np.ndarray:
-    x1 = np.hstack([x, np.ones((len(x), 1))])
-    return np.linalg.solve(x1.T @ x1 + lam * np.eye(x1.shape[1]), x1.T @ y)
+def ridge(x: np.ndarray, y: np.ndarray, lam: float = 1.0, weights: np.ndarray | None = None) -> "RidgeModel":
+    """Ridge regression on standardised inputs, penalty ``lam`` per training row (so it does not fade
+    as footage grows); ``weights`` count some rows more (a speaker's own footage among everyone's)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
+    w = np.ones(len(x)) if weights is None else weights
+    a = xs.T @ (xs * w[:, None])
+    a[:-1, :-1] += lam * w.sum() * np.eye(xs.shape[1] - 1)
+    return RidgeModel(mu, sd, np.linalg.solve(a, xs.T @ (w * y)))
 
 
-def _frame_at_t(model: ReSyncer):
-    """tokens (T, k * d) -> (T, d): the feature frame at the video frame's own time."""
-    cfg = model.config.syncformer
-    k = cfg.audio_offsets.index(0) if 0 in cfg.audio_offsets else 0
-    return lambda tokens: tokens[:, k * cfg.audio_dim:(k + 1) * cfg.audio_dim]
+@dataclass
+class RidgeModel:
+    mean: np.ndarray
+    std: np.ndarray
+    coef: np.ndarray            # (D + 1,): the last is the intercept
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std @ self.coef[:-1] + self.coef[-1]
 
 
 def speaker_folds(speakers: list[str], k: int) -> list[set[str]]:
@@ -307,46 +318,65 @@ def speaker_folds(speakers: list[str], k: int) -> list[set[str]]:
     return [set(order[i::k]) for i in range(k)]
 
 
+def _standard(v: np.ndarray) -> np.ndarray:
+    """Zero mean, unit spread: ridge learns the timing of the opening, not each speaker's amplitude."""
+    return (v - v.mean()) / (v.std() + 1e-9)
+
+
 def cross_validate(clips: list[PreparedClip], speakers: list[str], tracks: list, base: ReSyncer, seconds: float,
-                   folds: int = 5) -> list[dict]:
-    """Speaker-disjoint cross-validation of the Style-SyncFormer against ridge: per fold, train on the
-    other folds' speakers; each held-out clip's style code from its first half, scored on its second."""
+                   folds: int = 5, fit_fraction: float = 0.7, own_weight: float = 20.0) -> list[dict]:
+    """Speaker-disjoint cross-validation of the Style-SyncFormer against ridge regression, scored like
+    the quality table: each held-out clip's style code from its first ``fit_fraction``, its mouth
+    opening scored on the rest. Per fold the Style-SyncFormer is the base recipe's (``TrainingPlan``:
+    its losses, and whole speakers of the training folds held out to select its weights) within
+    ``seconds``; ridge reads the same audio tokens. ``ridge_own`` adds the held-out clip's own first
+    part to ridge's training rows (``own_weight`` times each): how far a speaker's own footage can lift
+    a read-out of these features, the headroom a per-speaker model has."""
     rows = []
-    # ridge reads the Whisper frame at each video frame's time, the offset-0 block of the SyncFormer's
-    # tokens: on the whole window it overfits (7 x 384 inputs)
-    at_t = _frame_at_t(base)
+    plan = TrainingPlan(config=base.config.name)
 
     def opening_of(j: int, c: PreparedClip, disp: np.ndarray) -> np.ndarray:
         return mouth_opening(tracks[j].templates[tracks[j].shot_index][c.clip.frames] + disp)
 
+    for c, s in zip(clips, speakers):
+        c.speaker = s
     for f, held in enumerate(speaker_folds(speakers, folds)):
         train = [j for j, s in enumerate(speakers) if s not in held]
-        # one Style-SyncFormer of the recipe (an ensemble base's members are each trained this way)
+        inner = [clips[j] for j in train]
+        hold_out_speakers(inner, plan.val_speaker_share, plan.split_seed)
+        torch.manual_seed(f)
         model = StyleSyncFormer(replace(base.config.syncformer, members=1))
-        # the training speakers' own clips pick the weights (time split): nothing scored selects them
-        train_syncformer(model, sequences([clips[j] for j in train]), torch.from_numpy(LIPS),
-                         SyncFormerTraining(steps=5000, time_budget_s=seconds, eval_every=50, patience=6,
-                                            val_fraction=0.15), mouth=MOUTH)
-        x = np.concatenate([at_t(clips[j].audio) for j in train])
-        y = np.concatenate([opening_of(j, clips[j], clips[j].clip.disp) for j in train])
-        w = ridge(x, y)
+        try:
+            train_syncformer(model, sequences(inner), torch.from_numpy(LIPS),
+                             replace(plan.syncformer, time_budget_s=seconds, seed=f, log=[]), mouth=MOUTH)
+        finally:
+            for c in inner:
+                c.held_out = False
+        x = np.concatenate([clips[j].audio for j in train])
+        y = np.concatenate([_standard(opening_of(j, clips[j], clips[j].clip.disp)) for j in train])
+        others = ridge(x, y)
         for j, s in enumerate(speakers):
             c = clips[j]
-            if s not in held or len(c.clip) < 2 * 16:
+            cut = int(round(len(c.clip) * fit_fraction))
+            if s not in held or cut < 16 or len(c.clip) - cut < 16:
                 continue
-            half = len(c.clip) // 2
-            gt = opening_of(j, c, c.clip.disp)[half:]
+            gt = opening_of(j, c, c.clip.disp)
             with torch.no_grad():
-                ref = reference_window(c.clip.disp[:half], np.ones(half, bool), model.cfg.style_window)
+                ref = reference_window(c.clip.disp[:cut], np.ones(cut, bool), model.cfg.style_window)
                 pred = model(torch.from_numpy(c.audio)[None], model.style(torch.from_numpy(ref)[None]))[0].numpy()
-            syn = opening_of(j, c, pred)[half:]
-            r = np.hstack([at_t(c.audio), np.ones((len(c.audio), 1))]) @ w
-            rows.append({"fold": f, "clip": Path(c.uri).name, "speaker": s, "frames": len(gt),
-                         "syncformer_corr": corr(syn, gt), "syncformer_amplitude": amplitude_ratio(syn, gt),
-                         "ridge_corr": corr(r[half:], gt)})
+            syn = opening_of(j, c, pred)[cut:]
+            own = ridge(np.concatenate([x, c.audio[:cut]]), np.concatenate([y, _standard(gt[:cut])]),
+                        weights=np.concatenate([np.ones(len(x)), np.full(cut, own_weight)]))
+            rows.append({"fold": f, "clip": Path(c.uri).name, "speaker": s, "frames": len(gt) - cut,
+                         "syncformer_corr": corr(syn, gt[cut:]), "syncformer_amplitude": amplitude_ratio(syn, gt[cut:]),
+                         "ridge_corr": corr(others(c.audio[cut:]), gt[cut:]),
+                         "ridge_whole_corr": corr(others(c.audio), gt),
+                         "ridge_own_corr": corr(own(c.audio[cut:]), gt[cut:])})
         done = [r for r in rows if r["fold"] == f]
-        console.print(f"  fold {f + 1}/{folds} ({len(held)} speakers, {len(done)} clips): Style-SyncFormer "
-                      f"{np.nanmean([r['syncformer_corr'] for r in done]):.3f}, ridge {np.nanmean([r['ridge_corr'] for r in done]):.3f}")
+        console.print(f"  fold {f + 1}/{folds} ({len(held)} speakers, {len(done)} clips), last "
+                      f"{1 - fit_fraction:.0%}: Style-SyncFormer {np.nanmean([r['syncformer_corr'] for r in done]):.3f}, "
+                      f"ridge {np.nanmean([r['ridge_corr'] for r in done]):.3f}, "
+                      f"ridge + own {np.nanmean([r['ridge_own_corr'] for r in done]):.3f}")
     return rows
 
 
@@ -495,7 +525,8 @@ def main() -> None:
                     help="per-speaker Style-SyncFormer budget (default: the finetune recipe's)")
     ap.add_argument("--gen-seconds", type=float, default=defaults.generator.time_budget_s,
                     help="per-speaker generator budget (default: the finetune recipe's)")
-    ap.add_argument("--cv-seconds", type=float, default=60.0, help="Style-SyncFormer budget per cross-validation fold")
+    ap.add_argument("--cv-seconds", type=float, default=TrainingPlan().syncformer.time_budget_s,
+                    help="Style-SyncFormer budget per cross-validation fold (default: the base recipe's)")
     ap.add_argument("--folds", type=int, default=5, help="speaker-disjoint folds over train/ and videos/")
     ap.add_argument("--fit-fraction", type=float, default=0.7)
     ap.add_argument("--sections", default="quality,sync,foreign,cv,modes",
@@ -584,16 +615,18 @@ def main() -> None:
         tracks = [track_for(storage, settings, u) for u in uris]
         clips = [prepare_clip(storage, settings, u, base.size, features, cache, tr, base.config.syncformer.audio_offsets)
                  for u, tr in zip(uris, tracks)]
-        cv[:] = cross_validate(clips, speakers, tracks, base, args.cv_seconds, args.folds)
+        cv[:] = cross_validate(clips, speakers, tracks, base, args.cv_seconds, args.folds, args.fit_fraction)
         save()
         lt = Table(title=f"speaker-disjoint {args.folds}-fold cross-validation, mouth-opening correlation "
-                         f"({args.cv_seconds:.0f} s per fold; style from the first half of a clip, scored on the second)")
-        for col in ("clips", "Style-SyncFormer", "its amplitude", "ridge (Whisper frame at t)"):
+                         f"({args.cv_seconds:.0f} s per fold; style from the first {args.fit_fraction:.0%} of a clip, "
+                         f"scored on the rest unless it says whole)")
+        for col in ("clips", "Style-SyncFormer", "its amplitude", "ridge", "ridge, whole clip",
+                    "ridge + the clip's own first part"):
             lt.add_column(col, justify="right")
         unseen = [r for r in cv if r["speaker"].startswith("videos/")]
         for label, rows in (("videos/ (unseen set)", unseen), ("all clips", cv)):
-            lt.add_row(f"{label}: {len(rows)}", f"{_mean(rows, 'syncformer_corr'):.3f}",
-                       f"{_mean(rows, 'syncformer_amplitude'):.3f}", f"{_mean(rows, 'ridge_corr'):.3f}")
+            lt.add_row(f"{label}: {len(rows)}", *(f"{_mean(rows, k):.3f}" for k in (
+                "syncformer_corr", "syncformer_amplitude", "ridge_corr", "ridge_whole_corr", "ridge_own_corr")))
         console.print(lt)
     if "modes" in sections:
         console.print("[bold]other modes[/bold] with the base model ...")
