@@ -229,7 +229,7 @@ def bench_clip(storage: Storage, settings: Settings, base: ReSyncer, uri: str, f
 
     # 2. Every method is a `resync dub` of the eval part (its own audio; style and reference from the fit part).
     samples = fit_audio_length(load_audio(storage, parts.eval_uri).samples, video_duration(ev))
-    predicted = predict_displacements(base, features, cache, samples, ev, parts.style)
+    predicted = predict_displacements(base, features, cache, samples, ev, parts.style, settings.readout_weight)
     drives = {"zero_shot": (base, None), "personalized": (speaker, None), "oracle_mesh": (base, ev.displacements),
               "retrieval": (base, retrieval_motion(parts, predicted)),
               "static": (base, np.zeros_like(ev.displacements))}

@@ -52,6 +52,10 @@ def dub(
                                                 "speech, draw one still mouth at rest moved with the head, instead of "
                                                 "drawing the resting mouth afresh every frame (default on). Env: "
                                                 "RESYNC_REST_MOUTH."),
+    readout: Optional[float] = typer.Option(None, "--readout", min=0.0, max=1.0, help="Share of the mouth motion "
+                                            "taken from the model's linear read-out of the audio instead of its "
+                                            "Style-SyncFormer (default 0.5; models without a read-out ignore it). Env: "
+                                            "RESYNC_READOUT_WEIGHT."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
@@ -68,7 +72,7 @@ def dub(
     if audio is None and driving_video is None:
         fail("give the new AUDIO, or --driving-video", code=2)
     settings = make_settings(root, None, s3_endpoint_url, detail_transfer=detail, mouth_interior=teeth,
-                             rest_mouth=still_pauses)
+                             rest_mouth=still_pauses, readout_weight=readout)
     storage = Storage(settings)
     try:
         resyncer = model_store.load_model(settings, model)
@@ -157,6 +161,9 @@ def _report(summary: dict, folder: str, version: str | None) -> None:
     if (d := summary.get("discriminator")) is not None:
         t.add_row("discriminator alone", str(d["steps"]), f"{d['seconds']:.0f}",
                   f"real/drawn accuracy {d['val_accuracy_start']:.3f} -> {d['val_accuracy_end']:.3f}")
+    if (r := summary.get("readout")) is not None:
+        t.add_row(f"motion read-out ({r['components']} directions)", "closed form", "",
+                  f"mouth-opening corr {r['val_opening_corr']:.3f} on {r['val_clips']} held-out clips")
     out.print(t)
 
 
@@ -186,6 +193,9 @@ def train_base(
                                                 "Style-SyncFormer's training windows heard in a speed-perturbed voice "
                                                 "(pitch and formants 10% lower or higher; default 0: the real voices "
                                                 "only; 0.5 was measured, see README: not kept)."),
+    readout_components: Optional[int] = typer.Option(None, "--readout-components", min=0, help="Directions of lip "
+                                                      "motion of the linear motion read-out fitted after training "
+                                                      "(default 4; 0: none is fitted and a resumed model's is kept)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
     fresh_syncformer: bool = typer.Option(False, "--fresh-syncformer", help="With --resume: keep only its generator and "
                                           "discriminator and train a new Style-SyncFormer in the --config configuration "
@@ -214,6 +224,8 @@ def train_base(
         plan.syncformer.sync_weight = sync_loss_weight
         if voice_share is not None:
             plan.syncformer.voice_share = voice_share
+        if readout_components is not None:
+            plan.readout_components = readout_components
         model, summary = run(storage, settings, uris, output, features, cache, plan, say=console.print, resume=start,
                              fresh_syncformer=fresh_syncformer, speakers=speakers)
     except (ResyncError, ValueError) as e:

@@ -28,6 +28,7 @@ from models.config import ModelConfig, get_config
 from models.discriminator import Discriminator
 from models.generator import Generator
 from models.precision import autocast
+from models.readout import MotionReadout
 from models.syncformer import build_syncformer
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class ReSyncer(nn.Module):
         self.syncformer = build_syncformer(config.syncformer)
         self.generator = Generator(config.generator)
         self.discriminator = Discriminator(config.discriminator)
+        # A linear read-out of the same audio tokens (models/readout.py) that dubs can blend with the
+        # Style-SyncFormer's motion; fitted in closed form by a base's training, absent in older models.
+        self.readout: MotionReadout | None = None
         self.version: str | None = None
         # Whether the discriminator's weights are trained ones (loaded from a checkpoint that carries
         # them) rather than a fresh initialisation: a fine-tune lets a trained one play from its first step.
@@ -197,6 +201,8 @@ class ReSyncer(nn.Module):
         tensors |= {f"generator.{k}": v for k, v in self.generator.state_dict().items()}
         if include_discriminator:
             tensors |= {f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()}
+        if self.readout is not None:
+            tensors |= {f"readout.{k}": v for k, v in self.readout.state_dict().items()}
         dtype = getattr(torch, self.config.weights_dtype)
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         self.version = save_checkpoint(folder, tensors, self.config.to_dict(), metadata=self.card.__dict__)
@@ -214,6 +220,9 @@ class ReSyncer(nn.Module):
             part = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
             if part or name != "discriminator":
                 module.load_state_dict(part, strict=True)
+        readout = {k[len("readout."):]: v.float() for k, v in tensors.items() if k.startswith("readout.")}
+        if readout:
+            model.readout = MotionReadout.from_state(readout)
         model.discriminator_trained = any(k.startswith("discriminator.") for k in tensors)
         model.version = version
         return model.to(device).eval()

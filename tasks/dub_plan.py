@@ -192,24 +192,34 @@ def rest_in_pauses(predicted: np.ndarray, speech: np.ndarray, rest: np.ndarray, 
 
 
 def motion_blocks(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
-                  track: TrackResult, style_displacements: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+                  track: TrackResult, style_displacements: np.ndarray,
+                  readout_weight: float = 0.0) -> Iterator[tuple[int, np.ndarray]]:
     """(first frame, displacements) for the new speech at the video's frame times, in the given
-    style, in frame order a Style-SyncFormer window at a time."""
+    style, in frame order a Style-SyncFormer window at a time. With ``readout_weight`` and a model
+    that carries a motion read-out, that share of the motion is the read-out's (in the speaker's
+    units from the same reference motion)."""
     feats = cache.get_or_compute(samples, features) if cache else features(samples)
     offsets, ts = model.config.syncformer.audio_offsets, track.timestamps
 
     def tokens(s: int, e: int) -> torch.Tensor:     # per window: a long video never holds them all
         return torch.from_numpy(frame_tokens(feats, ts[s:e], features.rate_hz, features.offset_s, offsets))
 
-    style = model.style_code(torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32)))
+    reference = torch.from_numpy(np.nan_to_num(style_displacements).astype(np.float32))
+    style = model.style_code(reference)
+    blend = readout_weight if model.readout is not None else 0.0
+    reference = reference[: model.config.syncformer.style_window]
     for s, block in model.displacement_blocks(tokens, len(ts), style):
+        if blend > 0:
+            with torch.no_grad():
+                block = (1 - blend) * block + blend * model.readout(tokens(s, s + len(block)), reference)
         yield s, block.numpy()
 
 
 def predict_displacements(model: ReSyncer, features: AudioFeatures, cache: FeatureCache | None, samples: np.ndarray,
-                          track: TrackResult, style_displacements: np.ndarray) -> np.ndarray:
+                          track: TrackResult, style_displacements: np.ndarray, readout_weight: float = 0.0) -> np.ndarray:
     """(T, V, 3) displacements for the new speech at the video's frame times, in the given style."""
-    return np.concatenate([b for _, b in motion_blocks(model, features, cache, samples, track, style_displacements)])
+    return np.concatenate([b for _, b in motion_blocks(model, features, cache, samples, track, style_displacements,
+                                                       readout_weight)])
 
 
 @dataclass
@@ -296,7 +306,7 @@ def predicted_motion(settings: Settings, model: ReSyncer, features: AudioFeature
         gate = None
     out = FrameStore(track.n_frames, (model.config.syncformer.n_vertices, 3), np.float32)
     try:
-        for s, block in motion_blocks(model, features, cache, samples, track, style):
+        for s, block in motion_blocks(model, features, cache, samples, track, style, settings.readout_weight):
             if settings.motion_gain != 1.0:
                 block = articulate(block, rest, settings.motion_gain)
             if gate is not None:

@@ -53,6 +53,8 @@ def ensemble_model(base: ReSyncer, members: list[ReSyncer], weights_dtype: str =
                      metrics={"syncformer_members": [m.version for m in (base, *members)]})
     model = ReSyncer(config, card)
     model.generator.load_state_dict(base.generator.state_dict())
+    if base.readout is not None:
+        model.readout = MotionReadout.from_state(base.readout.state_dict())
     for dst, src in zip(single_syncformers(model), singles):
         dst.load_state_dict(src.state_dict())
     return model.eval()

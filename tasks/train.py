@@ -27,12 +27,14 @@ from models.audio_features import AudioFeatures, FeatureCache, frame_tokens
 from models.config import get_config, replace
 from models.renderer import face_mask, mouth_mask, render_mesh
 from models.resyncer import ModelCard, ReSyncer
+from models.readout import MotionReadout, fit_readout
 from models.sync_expert import ExpertSyncLoss
 from models.train_generator import GeneratorData, GeneratorTraining, train_discriminator, train_generator
 from models.train_syncformer import Sequence, SyncFormerTraining, train_syncformer
 from tasks.audio import load_audio, speed_perturbed
-from tasks.landmarks import LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER
+from tasks.landmarks import INNER_LIP_RING, LIPS, LOWER_LIP_INNER, UPPER_LIP_INNER, mouth_opening
 from tasks.dub_plan import fit_audio_length, renderable, video_duration
+from tasks.qa import corr
 from tasks.sync import audio_embedding, expert_audio_features, expert_sync_loss
 from tasks.track import TrackResult, track_cached
 from tasks.training_data import ClipData, load_clip
@@ -148,6 +150,15 @@ VOICE_FACTORS = (0.9, 1.1)
 VOICE_SHARE = 0.0
 
 
+# The motion read-out: 4 directions of lip motion, ridge penalty 1 per training row, chosen on
+# train/ alone (speaker-disjoint five folds, last 30% of each held-out clip; README, "A linear read-out").
+# Its basis follows the lips (LIPS and the inner-lip ring weigh 1, every other vertex READOUT_FACE_WEIGHT):
+# over the whole face the first directions were head and brow motion, and the mouth read worse.
+READOUT_COMPONENTS = 4
+READOUT_PENALTY = 1.0
+READOUT_FACE_WEIGHT = 0.02
+
+
 @dataclass
 class TrainingPlan:
     """Budgets and recipes of one training job; defaults are the CPU base recipe."""
@@ -167,6 +178,11 @@ class TrainingPlan:
     # Which speakers are held out does not follow ``seed``: models trained with other seeds (the
     # members of a Style-SyncFormer ensemble) are selected on the same people, none trained on them.
     split_seed: int = 0
+
+    # The linear motion read-out (models/readout.py) a base fits after its training, in closed form
+    # (0 components: none is fitted; a resumed model's is kept).
+    readout_components: int = READOUT_COMPONENTS
+    readout_penalty: float = READOUT_PENALTY
 
     def heard_voices(self) -> tuple[float, ...]:
         """The speed factors to prepare clips with: none when the Style-SyncFormer takes no step or hears no other voice."""
@@ -310,7 +326,8 @@ def _save(model: ReSyncer, summary: dict, plan: TrainingPlan, start: float, out_
     """Record the job's metrics in the model card and write the checkpoint."""
     summary["wall_s"] = time.monotonic() - start
     summary.setdefault("holdout", plan.generator.val_fraction)
-    model.card.metrics = {k: summary[k] for k in ("syncformer", "generator", "discriminator", "wall_s") if k in summary}
+    model.card.metrics = {k: summary[k] for k in ("syncformer", "generator", "discriminator", "readout", "wall_s")
+                          if k in summary}
     model.save(out_dir, include_discriminator=model.discriminator_trained)   # a never-trained D is not worth keeping
     return model, summary
 
@@ -385,7 +402,44 @@ def train_base(storage: Storage, settings: Settings, uris: list[str], out_dir: s
                   perceptual=perceptual_loss(settings), sync_loss=sync_loss)
     if held:
         summary["holdout"] = {"speakers": held, "clips": [Path(c.uri).name for c in clips if c.held_out]}
+    if plan.readout_components > 0:
+        model.readout = fit_motion_readout(clips, plan, model.config.syncformer.n_vertices)
+        summary["readout"] = readout_summary(model.readout, clips, plan, model.config.syncformer.style_window)
+        say(f"motion read-out: {plan.readout_components} directions; held-out mouth-opening correlation "
+            f"{summary['readout']['val_opening_corr']:.3f}")
+    elif resume is not None and resume.readout is not None:
+        model.readout = MotionReadout.from_state(resume.readout.state_dict())
     return _save(model, summary, plan, start, out_dir)
+
+
+def readout_vertex_weights(n_vertices: int) -> torch.Tensor:
+    """(V,) what the read-out's basis follows: the lips, and the rest of the face a little."""
+    w = torch.full((n_vertices,), READOUT_FACE_WEIGHT)
+    w[torch.from_numpy(np.concatenate([LIPS, INNER_LIP_RING]))] = 1.0
+    return w
+
+
+def fit_motion_readout(clips: list[PreparedClip], plan: TrainingPlan, n_vertices: int) -> MotionReadout:
+    """The read-out fitted on the clips that train (held-out speakers' clips only score it)."""
+    fitted = [c for c in clips if not c.held_out] or clips
+    return fit_readout([torch.from_numpy(c.audio) for c in fitted], [torch.from_numpy(c.clip.disp) for c in fitted],
+                       plan.readout_components, plan.readout_penalty, readout_vertex_weights(n_vertices))
+
+
+def readout_summary(readout: MotionReadout, clips: list[PreparedClip], plan: TrainingPlan, window: int) -> dict:
+    """How the read-out follows the held-out speakers' mouths: each clip's first ``window`` frames
+    are its reference, the rest is scored (mean of the clips' mouth-opening correlations)."""
+    scores = []
+    with torch.no_grad():
+        for c in (c for c in clips if c.held_out and len(c.clip) >= window + 16):
+            pred = readout(torch.from_numpy(c.audio), torch.from_numpy(c.clip.disp[:window])).numpy()
+            template = c.clip.canonical - c.clip.disp
+            scores.append(corr(mouth_opening((template + pred)[window:]), mouth_opening(c.clip.canonical[window:])))
+    scores = [r for r in scores if r == r]
+    return {"components": plan.readout_components, "penalty": plan.readout_penalty,
+            "frames": int(sum(len(c.clip) for c in clips if not c.held_out) if any(c.held_out for c in clips)
+                          else sum(len(c.clip) for c in clips)),
+            "val_clips": len(scores), "val_opening_corr": float(np.mean(scores)) if scores else float("nan")}
 
 
 def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None, uris: list[str], out_dir: str | Path,
@@ -400,6 +454,8 @@ def finetune_speaker(storage: Storage, settings: Settings, base: ReSyncer | None
         if base.card.audio_features and base.card.audio_features != features.name:
             raise ValueError(f"base model reads audio features {base.card.audio_features!r}, not {features.name!r}")
         model = ReSyncer(base.config, card)
+        if base.readout is not None:     # a speaker model reads the audio as its base did
+            model.readout = MotionReadout.from_state(base.readout.state_dict())
         model.load_state_dict(base.state_dict())
         model.discriminator_trained = base.discriminator_trained
     else:
@@ -440,7 +496,7 @@ Self-reconstruction on these clips ({model_holdout(summary)}):
 | part | steps | seconds | start | best |
 |---|---|---|---|---|
 {_opening_row(s)}| Style-SyncFormer (lip-weighted vertex MSE, eye-distance units) | {s["steps"]} | {s["seconds"]:.0f} | {s["val_vertex_start"]:.4g} | {s["val_vertex_best"]:.4g} |
-{_generator_rows(g, model.size)}{_swap_row(g, model.size)}{_discriminator_row(summary.get("discriminator"))}
+{_generator_rows(g, model.size)}{_swap_row(g, model.size)}{_discriminator_row(summary.get("discriminator"))}{_readout_row(summary.get("readout"))}
 Quality against baselines on the held-out frames: `make bench-quality` (see the README).
 """
 
@@ -472,6 +528,14 @@ def _swap_row(g: dict, size: int) -> str:
         return ""
     return (f"| generator as face swap (whole-face PSNR, dB, {size}-px crop, reference from the same speaker) | "
             f"{g['steps']} | {g['seconds']:.0f} | {g['val_face_psnr_start']:.2f} | {g['val_face_psnr_best']:.2f} |\n")
+
+
+def _readout_row(r: dict | None) -> str:
+    if r is None:
+        return ""
+    return (f"| motion read-out, {r['components']} directions, ridge penalty {r['penalty']:g} per row, closed form on "
+            f"{r['frames']} frames (held-out speakers' mouth-opening correlation, {r['val_clips']} clips) | - | - | - | "
+            f"{r['val_opening_corr']:.3f} |\n")
 
 
 def _discriminator_row(d: dict | None) -> str:

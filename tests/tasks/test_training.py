@@ -143,6 +143,11 @@ def test_a_base_carries_the_discriminator_of_its_last_phase_and_its_finetunes_pl
 
     speaker = finetuned(base, "speaker")
     assert speaker.discriminator_trained
+    # the base fitted a motion read-out (the recipe's last step); its speaker models read the audio with it
+    assert base.readout is not None and speaker.readout is not None
+    for k, v in base.readout.state_dict().items():
+        assert torch.equal(speaker.readout.state_dict()[k], v), k
+    assert finetuned(old, "speaker-of-old").readout is None
     assert any(not torch.equal(v, base.discriminator.state_dict()[k]) for k, v in speaker.discriminator.state_dict().items())
     assert not finetuned(old, "speaker-of-old").discriminator_trained   # 2 steps, the game joins after 100
 
@@ -308,6 +313,10 @@ def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media
 
     card = model_card(model, summary, "test")
     assert "held-out speakers" in card and summary["holdout"]["clips"][0] in card
+    # the motion read-out is fitted on the training speaker and scored on the held-out one
+    assert summary["readout"]["components"] == plan.readout_components and summary["readout"]["val_clips"] == 1
+    assert -1 <= summary["readout"]["val_opening_corr"] <= 1 and "| motion read-out" in card
+    assert ReSyncer.load(tmp_path / "base").readout.components == plan.readout_components
     with pytest.raises(ValueError, match="speaker labels"):
         train_base(storage, settings, uris, tmp_path / "x", features, plan=plan, speakers=["map"])
 
