@@ -183,11 +183,11 @@ class Settings(BaseSettings):
     rest_mouth: bool = Field(True, description="In those pauses, draw one still mouth: the generator's rendering of "
                              "the speaker's rest pose on a frontal frame whose real mouth is at rest, moved with each frame's mesh "
                              "(tasks/rest_mouth.py). Drawn afresh on every frame, a still mesh's mouth flickers.")
-    readout_weight: float = Field(0.5, ge=0, le=1, description="Share of the predicted mouth motion taken from the "
-                                  "model's linear read-out of the audio (models/readout.py), the rest from its "
-                                  "Style-SyncFormer; a model without a read-out uses only the Style-SyncFormer. Chosen on "
-                                  "train/ alone (speaker-disjoint five folds): the read-out follows a new speaker's mouth "
-                                  "better than the Style-SyncFormer, and half of each better than either.")
+    readout_weight: float = Field(0.5, ge=0, le=1, description="With a model that carries a linear read-out of the "
+                                  "audio (models/readout.py; `train-base --readout-components`; the bundled base does "
+                                  "not), the share of the predicted mouth motion taken from it, the rest from the "
+                                  "Style-SyncFormer. 0.5 was chosen on train/ alone (speaker-disjoint five folds: half of "
+                                  "each followed held-out mouths better than either); README, \"A linear read-out\".")
     motion_gain: float = Field(1.0, gt=0, description="The predicted mouth moves this many times as far from the "
                                "speaker's mouth at rest (tasks.dub_plan.articulate); 1: as the Style-SyncFormer predicts. "
                                "Chosen on zero-shot dubs of the base's 7 held-out train/ speakers: with the bundled "

@@ -52,10 +52,10 @@ def dub(
                                                 "speech, draw one still mouth at rest moved with the head, instead of "
                                                 "drawing the resting mouth afresh every frame (default on). Env: "
                                                 "RESYNC_REST_MOUTH."),
-    readout: Optional[float] = typer.Option(None, "--readout", min=0.0, max=1.0, help="Share of the mouth motion "
-                                            "taken from the model's linear read-out of the audio instead of its "
-                                            "Style-SyncFormer (default 0.5; models without a read-out ignore it). Env: "
-                                            "RESYNC_READOUT_WEIGHT."),
+    readout: Optional[float] = typer.Option(None, "--readout", min=0.0, max=1.0, help="With a model that carries a "
+                                            "linear read-out of the audio (train-base --readout-components; the bundled "
+                                            "base does not), the share of the mouth motion taken from it instead of the "
+                                            "Style-SyncFormer (default 0.5). Env: RESYNC_READOUT_WEIGHT."),
     root: Optional[str] = RootOpt, s3_endpoint_url: Optional[str] = EndpointOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
@@ -193,9 +193,11 @@ def train_base(
                                                 "Style-SyncFormer's training windows heard in a speed-perturbed voice "
                                                 "(pitch and formants 10% lower or higher; default 0: the real voices "
                                                 "only; 0.5 was measured, see README: not kept)."),
-    readout_components: Optional[int] = typer.Option(None, "--readout-components", min=0, help="Directions of lip "
-                                                      "motion of the linear motion read-out fitted after training "
-                                                      "(default 4; 0: none is fitted and a resumed model's is kept)."),
+    readout_components: Optional[int] = typer.Option(None, "--readout-components", min=0, help="Fit a linear read-out "
+                                                      "of the audio after training, with this many directions of lip "
+                                                      "motion (default 0: none, and a resumed model's is kept; 4 was "
+                                                      "measured, see README: not kept); dubs with the model blend it in "
+                                                      "(--readout)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from this model folder's weights."),
     fresh_syncformer: bool = typer.Option(False, "--fresh-syncformer", help="With --resume: keep only its generator and "
                                           "discriminator and train a new Style-SyncFormer in the --config configuration "

@@ -150,11 +150,14 @@ VOICE_FACTORS = (0.9, 1.1)
 VOICE_SHARE = 0.0
 
 
-# The motion read-out: 4 directions of lip motion, ridge penalty 1 per training row, chosen on
-# train/ alone (speaker-disjoint five folds, last 30% of each held-out clip; README, "A linear read-out").
+# The motion read-out (models/readout.py), fitted only when a base is asked for one (0: none; a
+# resumed model's is kept). Measured with 4 directions of lip motion, ridge penalty 1 per training row
+# (chosen on train/ alone: speaker-disjoint five folds, last 30% of each held-out clip), and not kept:
+# on the unseen speakers its dubs followed the real mouths less well (README, "A linear read-out").
 # Its basis follows the lips (LIPS and the inner-lip ring weigh 1, every other vertex READOUT_FACE_WEIGHT):
 # over the whole face the first directions were head and brow motion, and the mouth read worse.
-READOUT_COMPONENTS = 4
+READOUT_COMPONENTS = 0
+READOUT_MEASURED_COMPONENTS = 4
 READOUT_PENALTY = 1.0
 READOUT_FACE_WEIGHT = 0.02
 
@@ -180,7 +183,7 @@ class TrainingPlan:
     split_seed: int = 0
 
     # The linear motion read-out (models/readout.py) a base fits after its training, in closed form
-    # (0 components: none is fitted; a resumed model's is kept).
+    # (0 components: none is fitted; a resumed model's is kept; READOUT_MEASURED_COMPONENTS were measured).
     readout_components: int = READOUT_COMPONENTS
     readout_penalty: float = READOUT_PENALTY
 

@@ -17,8 +17,8 @@ from models.train_generator import GeneratorTraining, train_discriminator, train
 from models.train_syncformer import SyncFormerTraining, evaluate, normalization, train_syncformer
 from tasks import model_store
 from tasks.landmarks import LIPS
-from tasks.train import (MOUTH, TrainingPlan, finetune_plan, finetune_speaker, generator_data, model_card, prepare_clip,
-                         sequences, train_base)
+from tasks.train import (MOUTH, READOUT_MEASURED_COMPONENTS, TrainingPlan, finetune_plan, finetune_speaker,
+                         generator_data, model_card, prepare_clip, sequences, train_base)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_a_base_carries_the_discriminator_of_its_last_phase_and_its_finetunes_pl
     assert not old.discriminator_trained
     plan = TrainingPlan(syncformer=SyncFormerTraining(steps=0, eval_every=1, val_fraction=0.3),
                         generator=GeneratorTraining(steps=0, batch=2, eval_every=1, max_eval_frames=8),
-                        discriminator_s=2)
+                        discriminator_s=2, readout_components=READOUT_MEASURED_COMPONENTS)
     _, summary = train_base(storage, settings, [uri], tmp_path / "base", features, plan=plan, resume=old)
     base = ReSyncer.load(tmp_path / "base")
     assert base.discriminator_trained and base.config.discriminator == CPU.discriminator
@@ -143,7 +143,7 @@ def test_a_base_carries_the_discriminator_of_its_last_phase_and_its_finetunes_pl
 
     speaker = finetuned(base, "speaker")
     assert speaker.discriminator_trained
-    # the base fitted a motion read-out (the recipe's last step); its speaker models read the audio with it
+    # asked for one, the base fitted a motion read-out as its last step; its speaker models read the audio with it
     assert base.readout is not None and speaker.readout is not None
     for k, v in base.readout.state_dict().items():
         assert torch.equal(speaker.readout.state_dict()[k], v), k
@@ -301,7 +301,7 @@ def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media
     uris = [uri, str(data / "videos" / "speaker_glasses_5s.mp4")]
     plan = TrainingPlan(syncformer=SyncFormerTraining(steps=2, eval_every=1, voice_share=0.5),
                         generator=GeneratorTraining(steps=1, batch=2, eval_every=1, max_eval_frames=8),
-                        val_speaker_share=0.3)
+                        val_speaker_share=0.3, readout_components=READOUT_MEASURED_COMPONENTS)
     model, summary = train_base(storage, settings, uris, tmp_path / "base", features, plan=plan,
                                 speakers=["map", "glasses"])
     assert len(summary["holdout"]["speakers"]) == 1
@@ -317,6 +317,7 @@ def test_train_base_from_labelled_videos_names_the_held_out_speakers(clip, media
     assert summary["readout"]["components"] == plan.readout_components and summary["readout"]["val_clips"] == 1
     assert -1 <= summary["readout"]["val_opening_corr"] <= 1 and "| motion read-out" in card
     assert ReSyncer.load(tmp_path / "base").readout.components == plan.readout_components
+    assert TrainingPlan().readout_components == 0     # the recipe fits none (measured, not kept)
     with pytest.raises(ValueError, match="speaker labels"):
         train_base(storage, settings, uris, tmp_path / "x", features, plan=plan, speakers=["map"])
 
