@@ -56,7 +56,7 @@ class ReSyncer(nn.Module):
         self.generator = Generator(config.generator)
         self.discriminator = Discriminator(config.discriminator)
         # A linear read-out of the same audio tokens (models/readout.py) that dubs can blend with the
-        # Style-SyncFormer's motion; fitted in closed form by a base's training, absent in older models.
+        # Style-SyncFormer's motion; fitted in closed form when a base's training asks for one, else None.
         self.readout: MotionReadout | None = None
         self.version: str | None = None
         # Whether the discriminator's weights are trained ones (loaded from a checkpoint that carries

@@ -422,16 +422,22 @@ def readout_vertex_weights(n_vertices: int) -> torch.Tensor:
     return w
 
 
+def _training_clips(clips: list[PreparedClip]) -> list[PreparedClip]:
+    """The clips a base trains on: all but the held-out speakers' (all, when none is held out)."""
+    return [c for c in clips if not c.held_out] or clips
+
+
 def fit_motion_readout(clips: list[PreparedClip], plan: TrainingPlan, n_vertices: int) -> MotionReadout:
     """The read-out fitted on the clips that train (held-out speakers' clips only score it)."""
-    fitted = [c for c in clips if not c.held_out] or clips
+    fitted = _training_clips(clips)
     return fit_readout([torch.from_numpy(c.audio) for c in fitted], [torch.from_numpy(c.clip.disp) for c in fitted],
                        plan.readout_components, plan.readout_penalty, readout_vertex_weights(n_vertices))
 
 
 def readout_summary(readout: MotionReadout, clips: list[PreparedClip], plan: TrainingPlan, window: int) -> dict:
     """How the read-out follows the held-out speakers' mouths: each clip's first ``window`` frames
-    are its reference, the rest is scored (mean of the clips' mouth-opening correlations)."""
+    are its reference, the rest is scored (mean of the clips' mouth-opening correlations; NaN when no
+    speaker is held out, as the read-out then saw every clip)."""
     scores = []
     with torch.no_grad():
         for c in (c for c in clips if c.held_out and len(c.clip) >= window + 16):
@@ -440,8 +446,7 @@ def readout_summary(readout: MotionReadout, clips: list[PreparedClip], plan: Tra
             scores.append(corr(mouth_opening((template + pred)[window:]), mouth_opening(c.clip.canonical[window:])))
     scores = [r for r in scores if r == r]
     return {"components": plan.readout_components, "penalty": plan.readout_penalty,
-            "frames": int(sum(len(c.clip) for c in clips if not c.held_out) if any(c.held_out for c in clips)
-                          else sum(len(c.clip) for c in clips)),
+            "frames": sum(len(c.clip) for c in _training_clips(clips)),
             "val_clips": len(scores), "val_opening_corr": float(np.mean(scores)) if scores else float("nan")}
 
 
