@@ -556,7 +556,7 @@ def main() -> None:
     expert = load_sync_expert(settings.sync_expert_dir)[0]
 
     dub_settings = {k: getattr(settings, k) for k in ("motion_gain", "detail_transfer", "detail_from", "mouth_interior",
-                                                      "rest_min_pause_s", "rest_mouth")}
+                                                      "rest_min_pause_s", "rest_mouth", "readout_weight")}
 
     def save() -> None:
         """Written after every clip and section: a long run that is stopped keeps what it measured."""
